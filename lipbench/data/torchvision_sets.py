@@ -1,0 +1,166 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 from torchvision's on-disk formats.
+
+File names, URLs and md5 checksums are read from torchvision's dataset classes, so the
+raw folder is a valid torchvision root (``MNIST/raw/*.gz``, ``FashionMNIST/raw/*.gz``,
+``cifar-10-python.tar.gz`` and its extraction ``cifar-10-batches-py/``). Prepared splits are
+uint8 tensors (``prepared/<name>/{train,test}.pt``); ``load`` returns float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import datasets as tv_datasets
+
+from lipbench.data.archives import (
+    RemoteDataset,
+    Resource,
+    copy_tree_staged,
+    extract_staged,
+    verify_folder,
+)
+from lipbench.data.base import DatasetInfo, register_dataset, save_tensors
+from lipbench.data.errors import ChecksumError
+
+__all__ = ["IdxDataset", "Cifar10Dataset", "read_idx_gz"]
+
+
+def read_idx_gz(path: Path, ndim: int) -> np.ndarray:
+    """Decode a gzip-compressed IDX file of unsigned bytes (the MNIST format)."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08 or data[3] != ndim:
+        raise ValueError(f"{path} is not an IDX file of {ndim}-D unsigned bytes (header {data[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    payload = memoryview(data)[4 + 4 * ndim :]
+    if len(payload) != math.prod(dims):
+        raise ValueError(f"{path}: header announces {dims} = {math.prod(dims)} bytes, found {len(payload)}")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+class IdxDataset(RemoteDataset):
+    """MNIST-format dataset: four IDX archives under ``<folder>/raw/``. Takes no params."""
+
+    def __init__(self, name: str, folder: str, torchvision_class: Any) -> None:
+        mirrors = list(torchvision_class.mirrors)
+        self.info = DatasetInfo(name, 10, (1, 28, 28), source=mirrors[0], needs_download=True)
+        self.folder = folder
+        self.resources = tuple(
+            Resource(f"{folder}/raw/{filename}", tuple(base + filename for base in mirrors))
+            for filename, _ in torchvision_class.resources
+        )
+        self.checksums = dict(torchvision_class.resources)
+
+    def _prepare(
+        self, data_dir: Path, stage: Path, params: dict[str, Any], mirror: str | os.PathLike[str] | None
+    ) -> dict[str, Any]:
+        mirror_path = self.resolve_mirror(data_dir, mirror)
+        inputs = [self.fetch(resource, data_dir, mirror_path) for resource in self.resources]
+        raw = data_dir / "raw" / self.folder / "raw"
+        splits = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images = read_idx_gz(raw / f"{prefix}-images-idx3-ubyte.gz", 3)
+            labels = read_idx_gz(raw / f"{prefix}-labels-idx1-ubyte.gz", 1)
+            if images.shape[0] != labels.shape[0] or images.shape[1:] != self.info.input_shape[1:]:
+                raise ValueError(f"{self.name} {split}: images {images.shape} do not match labels {labels.shape}")
+            if labels.size and labels.max() >= self.info.num_classes:
+                raise ValueError(f"{self.name} {split}: label {labels.max()} >= {self.info.num_classes}")
+            x = torch.from_numpy(images.copy()).unsqueeze(1)
+            y = torch.from_numpy(labels.astype(np.int64))
+            splits[split] = save_tensors(stage / f"{split}.pt", x, y)
+        return {"inputs": inputs, "splits": splits}
+
+
+register_dataset("mnist")(IdxDataset("mnist", "MNIST", tv_datasets.MNIST))
+register_dataset("fashion_mnist")(IdxDataset("fashion_mnist", "FashionMNIST", tv_datasets.FashionMNIST))
+
+_CIFAR = tv_datasets.CIFAR10
+_CIFAR_FOLDER = _CIFAR.base_folder  # "cifar-10-batches-py"
+
+
+@register_dataset("cifar10")
+class Cifar10Dataset(RemoteDataset):
+    """CIFAR-10 python version: ``cifar-10-python.tar.gz`` (or its extracted folder in the mirror).
+
+    The archive's md5 and each extracted batch's md5 are checked. Takes no params.
+    """
+
+    info = DatasetInfo("cifar10", 10, (3, 32, 32), source=_CIFAR.url, needs_download=True)
+    resources = (Resource(_CIFAR.filename, (_CIFAR.url,)),)
+    train_batches = tuple(name for name, _ in _CIFAR.train_list)
+    test_batches = tuple(name for name, _ in _CIFAR.test_list)
+    meta_file = _CIFAR.meta["filename"]
+    checksums = {
+        _CIFAR.filename: _CIFAR.tgz_md5,
+        **{name: md5 for name, md5 in _CIFAR.train_list + _CIFAR.test_list},
+        _CIFAR.meta["filename"]: _CIFAR.meta["md5"],
+    }
+
+    def _verify_extracted(self, folder: Path) -> None:
+        names = (*self.train_batches, *self.test_batches, self.meta_file)
+        verify_folder(folder, {name: self.checksums[name] for name in names}, _CIFAR_FOLDER)
+
+    def _extracted_ok(self, folder: Path) -> bool:
+        if not folder.is_dir():
+            return False
+        try:
+            self._verify_extracted(folder)
+        except (ChecksumError, FileNotFoundError):
+            return False
+        return True
+
+    @staticmethod
+    def _mirror_has_only_folder(mirror: Path | None, archive: Resource) -> bool:
+        """A mirror may hold torchvision's extracted folder instead of the archive."""
+        return mirror is not None and not (mirror / archive.path).is_file() and (mirror / _CIFAR_FOLDER).is_dir()
+
+    def _prepare(
+        self, data_dir: Path, stage: Path, params: dict[str, Any], mirror: str | os.PathLike[str] | None
+    ) -> dict[str, Any]:
+        mirror_path = self.resolve_mirror(data_dir, mirror)
+        raw = data_dir / "raw"
+        folder = raw / _CIFAR_FOLDER
+        archive = self.resources[0]
+        inputs: list[dict[str, Any]] = []
+        if self._extracted_ok(folder):
+            pass  # a verified extraction from an earlier run
+        elif self._mirror_has_only_folder(mirror_path, archive):
+            copy_tree_staged(mirror_path / _CIFAR_FOLDER, folder, self._verify_extracted)  # type: ignore[operator]
+        else:
+            inputs.append(self.fetch(archive, data_dir, mirror_path))
+            extract_staged(raw / archive.path, _CIFAR_FOLDER, raw, self._verify_extracted)
+        inputs += [
+            {"file": f"{_CIFAR_FOLDER}/{name}", "md5": self.checksums[name], "verified": True}
+            for name in (*self.train_batches, *self.test_batches, self.meta_file)
+        ]
+        with open(folder / self.meta_file, "rb") as handle:
+            label_names = list(pickle.load(handle, encoding="latin1")["label_names"])
+        if len(label_names) != self.info.num_classes:
+            raise ValueError(f"{folder / self.meta_file} lists {len(label_names)} classes, expected 10")
+        splits = {
+            "train": save_tensors(stage / "train.pt", *self._read_batches(folder, self.train_batches)),
+            "test": save_tensors(stage / "test.pt", *self._read_batches(folder, self.test_batches)),
+        }
+        return {"inputs": inputs, "class_names": label_names, "splits": splits}
+
+    @staticmethod
+    def _read_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for name in names:
+            with open(folder / name, "rb") as handle:
+                batch = pickle.load(handle, encoding="latin1")  # md5-verified original file
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            labels = np.asarray(batch["labels"], dtype=np.int64)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
+                raise ValueError(f"{folder / name}: data {data.shape} and labels {labels.shape} are not CIFAR-10")
+            xs.append(data.reshape(-1, 3, 32, 32))  # rows are 1024 red, 1024 green, 1024 blue bytes
+            ys.append(labels)
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))

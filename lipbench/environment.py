@@ -1,0 +1,69 @@
+"""The environment record every metric file carries: versions, device, git commit, seed."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_PACKAGES = ("torch", "torchvision", "numpy", "lipbench", "foolbox", "pyautoattack", "dvc")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def git_commit(directory: str | None = None) -> str | None:
+    """The checkout's HEAD commit, with ``-dirty`` appended when tracked files changed."""
+    cwd = directory or str(Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def device_description(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def environment_record(device: torch.device | str = "cpu", seed: int | None = None) -> dict[str, Any]:
+    """Versions, hardware, git commit and seed, for the ``environment`` field of metric files."""
+    return {
+        "versions": {name: package_version(name) for name in _PACKAGES} | {"python": platform.python_version()},
+        "device": device_description(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "seed": seed,
+    }
+
+
+def best_device() -> torch.device:
+    """CUDA when available, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,54 @@
+"""1-Lipschitz building blocks, export to plain torch, and Lipschitz bounds.
+
+``functional`` holds the pure functions; ``layers`` the modules (each with an
+unconstrained twin); ``export`` turns a constrained model into plain ``nn.Linear`` /
+``nn.Conv2d``; ``bounds`` gives strict upper bounds and ``lower_bound`` empirical ones.
+"""
+
+from lipbench.nn import functional
+from lipbench.nn.bounds import (
+    LayerBound,
+    LipschitzUpperBound,
+    conv2d_operator_norm_bound,
+    dense_operator_norm,
+    lipschitz_upper_bound,
+)
+from lipbench.nn.export import check_finite, export, unconstrained_twin
+from lipbench.nn.layers import (
+    FullSort,
+    GlobalL2NormPool2d,
+    GroupSort,
+    GroupSort2,
+    L2NormPool2d,
+    LipschitzConv2d,
+    LipschitzLinear,
+    RowNormalizedLinear,
+)
+from lipbench.nn.lower_bound import LipschitzLowerBound, input_jacobian, lipschitz_lower_bound, pair_quotients
+from lipbench.nn.parametrizations import RowNormalized, SpectralBjorck
+
+__all__ = [
+    "functional",
+    "LipschitzLinear",
+    "LipschitzConv2d",
+    "RowNormalizedLinear",
+    "GroupSort",
+    "GroupSort2",
+    "FullSort",
+    "L2NormPool2d",
+    "GlobalL2NormPool2d",
+    "SpectralBjorck",
+    "RowNormalized",
+    "export",
+    "unconstrained_twin",
+    "check_finite",
+    "LayerBound",
+    "LipschitzUpperBound",
+    "lipschitz_upper_bound",
+    "conv2d_operator_norm_bound",
+    "dense_operator_norm",
+    "LipschitzLowerBound",
+    "lipschitz_lower_bound",
+    "input_jacobian",
+    "pair_quotients",
+]

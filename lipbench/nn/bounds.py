@@ -1,0 +1,203 @@
+"""Strict upper bounds and empirical lower bounds of a model's Lipschitz constant (L2).
+
+Upper bounds are computed from the exported weights in float64, layer by layer, and
+multiplied along the chain: exact spectral norms (SVD) for dense layers, the exact norm
+of the circular convolution on a grid of at least ``input + kernel - 1`` for conv layers
+(an upper bound of the zero-padded convolution), 1 for GroupSort/FullSort/L2 pooling.
+Power iteration converges from below and is never used for a bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from lipbench.nn.export import check_finite, export
+from lipbench.nn.layers import FullSort, GlobalL2NormPool2d, GroupSort, GroupSort2, L2NormPool2d
+
+__all__ = [
+    "LayerBound",
+    "LipschitzUpperBound",
+    "lipschitz_upper_bound",
+    "conv2d_operator_norm_bound",
+    "dense_operator_norm",
+]
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """One link of the chain: its name, type, input shape, bound and how it was obtained."""
+
+    name: str
+    layer_type: str
+    input_shape: tuple[int, ...]
+    bound: float
+    method: str
+
+
+@dataclass(frozen=True)
+class LipschitzUpperBound:
+    """Strict L2 Lipschitz upper bounds of a model's logit map.
+
+    ``whole_map`` bounds ``||f(x) - f(y)|| / ||x - y||``; ``per_logit[i]`` bounds logit
+    ``i`` alone (last dense layer's row norm times the rest of the chain), which a
+    per-row-normalised output layer keeps at 1 while ``whole_map`` may reach
+    ``sqrt(classes)``.
+    """
+
+    whole_map: float
+    per_logit: tuple[float, ...]
+    layers: tuple[LayerBound, ...] = field(repr=False)
+
+    @property
+    def max_per_logit(self) -> float:
+        return max(self.per_logit)
+
+    def as_dict(self) -> dict:
+        return {
+            "whole_map": self.whole_map,
+            "per_logit": list(self.per_logit),
+            "max_per_logit": self.max_per_logit,
+            "layers": [
+                {"name": l.name, "type": l.layer_type, "input_shape": list(l.input_shape), "bound": l.bound, "method": l.method}
+                for l in self.layers
+            ],
+        }
+
+
+def dense_operator_norm(weight: Tensor) -> float:
+    """Exact spectral norm (largest singular value, SVD in float64)."""
+    return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
+
+
+def conv2d_operator_norm_bound(weight: Tensor, input_size: tuple[int, int]) -> float:
+    """Exact norm of the circular convolution with ``weight`` on a ``(h+k1-1) x (w+k2-1)`` grid.
+
+    Embedding the input in that grid makes the circular convolution contain the full
+    linear convolution without wrap-around; any zero padding and any stride only select
+    outputs of it, so this norm bounds the layer from above. Its value is the largest
+    singular value of the ``(out, in)`` transfer matrix over all frequencies (FFT of the
+    kernel; half the spectrum suffices for a real kernel).
+    """
+    out_channels, in_channels, k1, k2 = weight.shape
+    grid = (input_size[0] + k1 - 1, input_size[1] + k2 - 1)
+    transfer = torch.fft.rfft2(weight.detach().double(), s=grid)  # (out, in, g1, g2//2+1)
+    matrices = transfer.permute(2, 3, 0, 1).reshape(-1, out_channels, in_channels)
+    norms = []
+    for chunk in matrices.split(4096):
+        norms.append(torch.linalg.matrix_norm(chunk, ord=2).max())
+    return float(torch.stack(norms).max())
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _overlap(kernel_size, stride) -> int:
+    (k1, k2), (s1, s2) = _pair(kernel_size), _pair(stride if stride is not None else kernel_size)
+    return math.ceil(k1 / s1) * math.ceil(k2 / s2)
+
+
+def _leaf_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, str]:
+    """Bound and method for one leaf module acting on inputs of ``input_shape`` (no batch)."""
+    if isinstance(module, nn.Linear):
+        return dense_operator_norm(module.weight), "svd"
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1 or _pair(module.dilation) != (1, 1) or module.padding_mode != "zeros":
+            raise ValueError(
+                f"lipschitz_upper_bound: layer {name!r} ({module}) is not supported: conv layers need "
+                "groups=1, dilation=1 and zero padding"
+            )
+        circular = conv2d_operator_norm_bound(module.weight, input_shape[-2:])
+        # Each input pixel lies in at most ceil(k1/s1) ceil(k2/s2) windows: a strict bound
+        # that accounts for the stride, which the circular (stride-1) bound ignores.
+        kernel = module.weight.reshape(module.weight.shape[0], -1)
+        windows = _overlap(module.kernel_size, module.stride)
+        reshaped = dense_operator_norm(kernel) * math.sqrt(windows)
+        if reshaped < circular:
+            return reshaped, f"reshaped-kernel svd x sqrt({windows} windows per pixel)"
+        return circular, "fft-circular"
+    if isinstance(module, (GroupSort, GroupSort2, FullSort, GlobalL2NormPool2d)):
+        return 1.0, "1 (norm preserving)"
+    if isinstance(module, L2NormPool2d):
+        return 1.0, "1 (disjoint windows)"
+    if isinstance(module, (nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout, nn.Unflatten)):
+        return 1.0, "1"
+    if isinstance(module, nn.LeakyReLU):
+        return max(1.0, abs(module.negative_slope)), "max(1, |slope|)"
+    if isinstance(module, nn.MaxPool2d):
+        if _pair(module.dilation) != (1, 1):
+            raise ValueError(f"lipschitz_upper_bound: layer {name!r} ({module}) needs dilation 1")
+        return math.sqrt(_overlap(module.kernel_size, module.stride)), "sqrt(window overlap)"
+    if isinstance(module, nn.AvgPool2d):
+        if _pair(module.padding) != (0, 0):
+            raise ValueError(f"lipschitz_upper_bound: layer {name!r} ({module}) needs padding 0")
+        k1, k2 = _pair(module.kernel_size)
+        return math.sqrt(_overlap(module.kernel_size, module.stride) / (k1 * k2)), "sqrt(overlap / window)"
+    if isinstance(module, nn.AdaptiveMaxPool2d) and _pair(module.output_size) == (1, 1):
+        return 1.0, "1 (global max)"
+    if isinstance(module, nn.AdaptiveAvgPool2d) and _pair(module.output_size) == (1, 1):
+        return 1.0 / math.sqrt(input_shape[-2] * input_shape[-1]), "1/sqrt(h w)"
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        scale = torch.rsqrt(module.running_var.double() + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight.detach().double()
+        return float(scale.abs().max()), "max |gamma / sqrt(var + eps)| (eval mode)"
+    raise ValueError(
+        f"lipschitz_upper_bound: layer {name!r} of type {type(module).__name__} has no known bound; supported: "
+        "Linear, Conv2d, GroupSort/GroupSort2/FullSort, L2NormPool2d, GlobalL2NormPool2d, ReLU, LeakyReLU, "
+        "MaxPool2d, AvgPool2d, AdaptiveMax/AvgPool2d(1), BatchNorm, Flatten, Dropout, Identity"
+    )
+
+
+def _chain(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The leaves of a (nested) ``nn.Sequential`` in order; other containers are refused."""
+    if isinstance(module, nn.Sequential):
+        leaves = []
+        for name, child in module.named_children():
+            leaves.extend(_chain(child, f"{prefix}{name}."))
+        return leaves
+    if any(True for _ in module.children()):
+        raise ValueError(
+            f"lipschitz_upper_bound: {prefix.rstrip('.') or 'model'} is a {type(module).__name__} with sub-modules; "
+            "bounds multiply along a chain, so build models as (nested) nn.Sequential"
+        )
+    return [(prefix.rstrip("."), module)]
+
+
+@torch.no_grad()
+def lipschitz_upper_bound(model: nn.Module, input_shape: tuple[int, ...]) -> LipschitzUpperBound:
+    """Strict upper bounds for ``model`` on inputs of ``input_shape`` (without batch dim).
+
+    Constrained layers are exported first, so the bound is that of the weights an
+    evaluation actually uses. Raises ``ValueError`` for non-finite weights or layers
+    without a known bound.
+    """
+    plain = export(model)
+    check_finite(plain, "lipschitz_upper_bound")
+    leaves = _chain(plain)
+    parameter = next(plain.parameters(), None)
+    x = torch.zeros((1, *input_shape), dtype=parameter.dtype if parameter is not None else torch.float32)
+    if parameter is not None:
+        x = x.to(parameter.device)
+    layer_bounds: list[LayerBound] = []
+    for name, module in leaves:
+        shape = tuple(x.shape[1:])
+        bound, method = _leaf_bound(name, module, shape)
+        if not math.isfinite(bound):
+            raise ValueError(f"lipschitz_upper_bound: layer {name!r} gave a non-finite bound ({bound})")
+        layer_bounds.append(LayerBound(name, type(module).__name__, shape, bound, method))
+        x = module(x)
+    whole_map = math.prod(layer.bound for layer in layer_bounds)
+    outputs = x.shape[-1]
+    last = leaves[-1][1] if leaves else None
+    if isinstance(last, nn.Linear):
+        prefix = math.prod(layer.bound for layer in layer_bounds[:-1])
+        row_norms = torch.linalg.vector_norm(last.weight.double(), dim=1)
+        per_logit = tuple(min(float(norm) * prefix, whole_map) for norm in row_norms)
+    else:
+        per_logit = (whole_map,) * outputs
+    return LipschitzUpperBound(whole_map=whole_map, per_logit=per_logit, layers=tuple(layer_bounds))

@@ -1,0 +1,90 @@
+"""Weight parametrizations for ``torch.nn.utils.parametrize``.
+
+``SpectralBjorck`` is the paper's constraint (section 5): spectral normalisation by
+power iteration with a persistent vector, then Björck orthonormalisation, then a
+constant factor (the convolution correction). ``RowNormalized`` divides each output
+row by its norm, so each logit of an output layer is separately 1-Lipschitz.
+
+Both are recomputed from the current parameters at every access of ``module.weight``:
+there is no cache that could outlive an optimiser step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lipbench.nn.functional import bjorck_orthonormalize, power_iteration
+
+__all__ = ["SpectralBjorck", "RowNormalized"]
+
+_INITIAL_POWER_ITERATIONS = 15
+
+
+class SpectralBjorck(nn.Module):
+    """``W -> scale * bjorck(W / sigma(W))`` on the weight reshaped to ``(out, -1)``.
+
+    ``sigma`` comes from power iteration on a persistent left vector ``u``: one step per
+    training forward (``power_iterations``), none in eval mode, so evaluation is a pure
+    function of the stored state. ``u`` is warmed up with 15 steps at creation.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bjorck_iterations: int = 15,
+        bjorck_beta: float = 0.5,
+        power_iterations: int = 1,
+        scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if bjorck_iterations < 0 or power_iterations < 0:
+            raise ValueError(f"bjorck_iterations and power_iterations must be >= 0, got {bjorck_iterations}, {power_iterations}")
+        if not 0.0 < bjorck_beta <= 0.5:
+            raise ValueError(f"bjorck_beta must lie in (0, 0.5] for the iteration to converge, got {bjorck_beta}")
+        self.bjorck_iterations = bjorck_iterations
+        self.bjorck_beta = bjorck_beta
+        self.power_iterations = power_iterations
+        self.scale = float(scale)
+        matrix = weight.detach().reshape(weight.shape[0], -1)
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        u = torch.randn(matrix.shape[0], generator=generator, dtype=matrix.dtype).to(matrix.device)
+        u, _ = power_iteration(matrix, F.normalize(u, dim=0), _INITIAL_POWER_ITERATIONS)
+        self.register_buffer("u", u)
+
+    def spectral_normalize(self, matrix: Tensor) -> Tensor:
+        """``matrix / sigma``; updates ``u`` first when training."""
+        if self.training and self.power_iterations > 0:
+            u, _ = power_iteration(matrix.detach(), self.u, self.power_iterations)
+            self.u.copy_(u)
+        # A clone, so a later in-place update of the buffer cannot break this graph.
+        u = self.u.clone()
+        with torch.no_grad():
+            v = F.normalize(matrix.mT @ u, dim=0, eps=1e-12)
+        sigma = torch.dot(u, matrix @ v)
+        return matrix / sigma
+
+    def forward(self, weight: Tensor) -> Tensor:
+        matrix = self.spectral_normalize(weight.reshape(weight.shape[0], -1))
+        matrix = bjorck_orthonormalize(matrix, self.bjorck_iterations, self.bjorck_beta)
+        if self.scale != 1.0:
+            matrix = matrix * self.scale
+        return matrix.reshape(weight.shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"bjorck_iterations={self.bjorck_iterations}, bjorck_beta={self.bjorck_beta}, "
+            f"power_iterations={self.power_iterations}, scale={self.scale:.6g}"
+        )
+
+
+class RowNormalized(nn.Module):
+    """``W -> W / ||W_i||`` per output row: each output is 1-Lipschitz on its own."""
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return F.normalize(weight, dim=1, eps=self.eps)
