@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -41,6 +42,17 @@ def git_commit(directory: str | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}-dirty" if dirty else commit
+
+
+@lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """Hash of lipbench's own source files: a code change invalidates resumable state."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def device_description(device: torch.device | str) -> str:

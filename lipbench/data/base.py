@@ -59,6 +59,9 @@ class DatasetInfo:
     input_shape: tuple[int, ...]
     source: str
     needs_download: bool
+    #: The input box (low, high) every coordinate lies in: (0, 1) for images. Attacks and
+    #: adversarial training stay inside it.
+    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         shape = tuple(self.input_shape)
@@ -67,6 +70,10 @@ class DatasetInfo:
         object.__setattr__(self, "input_shape", shape)
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
+        low, high = (float(b) for b in self.bounds)
+        if not low < high:
+            raise ValueError(f"bounds must be (low, high) with low < high, got {self.bounds!r}")
+        object.__setattr__(self, "bounds", (low, high))
 
     @property
     def binary(self) -> bool:
@@ -76,6 +83,7 @@ class DatasetInfo:
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
         payload["input_shape"] = list(self.input_shape)
+        payload["bounds"] = list(self.bounds)
         return payload
 
 

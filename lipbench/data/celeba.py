@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import datasets as tv_datasets
 
 from lipbench.data.archives import RemoteDataset, Resource, copy_tree_staged, extract_staged
 from lipbench.data.base import DatasetInfo, Param, register_dataset
 from lipbench.data.errors import DatasetNotPreparedError
+from lipbench.data.torchvision_sets import torchvision_dataset_class
 
 __all__ = ["CelebAEyeglasses", "CelebAImages", "centre_crop_resize"]
 
 _DRIVE_URL = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
+BASE_FOLDER = "celeba"  # torchvision.datasets.CelebA.base_folder
 _ZIP = "img_align_celeba.zip"
 _IMAGES = "img_align_celeba"
 _ATTRIBUTE = "Eyeglasses"
@@ -121,18 +123,25 @@ class CelebAEyeglasses(RemoteDataset):
         source="https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
         needs_download=True,
     )
-    resources = tuple(
-        Resource(f"{tv_datasets.CelebA.base_folder}/{name}", (_DRIVE_URL.format(file_id),))
-        for file_id, _, name in tv_datasets.CelebA.file_list
-    )
-    checksums = {name: md5 for _, md5, name in tv_datasets.CelebA.file_list}
+
+    @cached_property
+    def resources(self) -> tuple[Resource, ...]:
+        return tuple(
+            Resource(f"{BASE_FOLDER}/{name}", (_DRIVE_URL.format(file_id),))
+            for file_id, _, name in torchvision_dataset_class("CelebA").file_list
+        )
+
+    @cached_property
+    def checksums(self) -> dict[str, str]:
+        return {name: md5 for _, md5, name in torchvision_dataset_class("CelebA").file_list}
+
     param_specs = {"valid_partition": Param("drop", (str,), lambda v: v in ("drop", "train"), "'drop' or 'train'")}
 
     def _prepare(
         self, data_dir: Path, stage: Path, params: dict[str, Any], mirror: str | os.PathLike[str] | None
     ) -> dict[str, Any]:
         mirror_path = self.resolve_mirror(data_dir, mirror)
-        root = data_dir / "raw" / tv_datasets.CelebA.base_folder
+        root = data_dir / "raw" / BASE_FOLDER
         archive = next(r for r in self.resources if r.filename == _ZIP)
         annotations = [r for r in self.resources if r is not archive]
         inputs = [self.fetch(resource, data_dir, mirror_path) for resource in annotations]
@@ -156,8 +165,8 @@ class CelebAEyeglasses(RemoteDataset):
                 )
 
         images = root / _IMAGES
-        images_record: dict[str, Any] = {"folder": f"raw/{tv_datasets.CelebA.base_folder}/{_IMAGES}"}
-        mirror_images = None if mirror_path is None else mirror_path / tv_datasets.CelebA.base_folder / _IMAGES
+        images_record: dict[str, Any] = {"folder": f"raw/{BASE_FOLDER}/{_IMAGES}"}
+        mirror_images = None if mirror_path is None else mirror_path / BASE_FOLDER / _IMAGES
         if images.is_dir():
             check_images(images)
             images_record["verified"] = "folder already present; not checksummed"

@@ -1,7 +1,8 @@
 """MNIST, Fashion-MNIST and CIFAR-10 from torchvision's on-disk formats.
 
-File names, URLs and md5 checksums are read from torchvision's dataset classes, so the
-raw folder is a valid torchvision root (``MNIST/raw/*.gz``, ``FashionMNIST/raw/*.gz``,
+File names, URLs and md5 checksums are read from torchvision's dataset classes (lazily, on
+first use: importing torchvision costs over a second per process), so the raw folder is a
+valid torchvision root (``MNIST/raw/*.gz``, ``FashionMNIST/raw/*.gz``,
 ``cifar-10-python.tar.gz`` and its extraction ``cifar-10-batches-py/``). Prepared splits are
 uint8 tensors (``prepared/<name>/{train,test}.pt``); ``load`` returns float32 in [0, 1].
 """
@@ -13,12 +14,12 @@ import math
 import os
 import pickle
 import struct
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torchvision import datasets as tv_datasets
 
 from lipbench.data.archives import (
     RemoteDataset,
@@ -30,7 +31,22 @@ from lipbench.data.archives import (
 from lipbench.data.base import DatasetInfo, register_dataset, save_tensors
 from lipbench.data.errors import ChecksumError
 
-__all__ = ["IdxDataset", "Cifar10Dataset", "read_idx_gz"]
+__all__ = ["IdxDataset", "Cifar10Dataset", "read_idx_gz", "torchvision_dataset_class"]
+
+#: Where each dataset comes from (documentation; tests check them against torchvision).
+SOURCES = {
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+}
+_CIFAR_FOLDER = "cifar-10-batches-py"  # torchvision.datasets.CIFAR10.base_folder
+
+
+def torchvision_dataset_class(name: str) -> Any:
+    """``torchvision.datasets.<name>``, imported on first use."""
+    from torchvision import datasets
+
+    return getattr(datasets, name)
 
 
 def read_idx_gz(path: Path, ndim: int) -> np.ndarray:
@@ -49,15 +65,22 @@ def read_idx_gz(path: Path, ndim: int) -> np.ndarray:
 class IdxDataset(RemoteDataset):
     """MNIST-format dataset: four IDX archives under ``<folder>/raw/``. Takes no params."""
 
-    def __init__(self, name: str, folder: str, torchvision_class: Any) -> None:
-        mirrors = list(torchvision_class.mirrors)
-        self.info = DatasetInfo(name, 10, (1, 28, 28), source=mirrors[0], needs_download=True)
+    def __init__(self, name: str, folder: str, torchvision_class: str) -> None:
+        self.info = DatasetInfo(name, 10, (1, 28, 28), source=SOURCES[name], needs_download=True)
         self.folder = folder
-        self.resources = tuple(
-            Resource(f"{folder}/raw/{filename}", tuple(base + filename for base in mirrors))
-            for filename, _ in torchvision_class.resources
+        self.torchvision_class = torchvision_class
+
+    @cached_property
+    def resources(self) -> tuple[Resource, ...]:
+        tv_class = torchvision_dataset_class(self.torchvision_class)
+        return tuple(
+            Resource(f"{self.folder}/raw/{filename}", tuple(base + filename for base in tv_class.mirrors))
+            for filename, _ in tv_class.resources
         )
-        self.checksums = dict(torchvision_class.resources)
+
+    @cached_property
+    def checksums(self) -> dict[str, str]:
+        return dict(torchvision_dataset_class(self.torchvision_class).resources)
 
     def _prepare(
         self, data_dir: Path, stage: Path, params: dict[str, Any], mirror: str | os.PathLike[str] | None
@@ -79,11 +102,8 @@ class IdxDataset(RemoteDataset):
         return {"inputs": inputs, "splits": splits}
 
 
-register_dataset("mnist")(IdxDataset("mnist", "MNIST", tv_datasets.MNIST))
-register_dataset("fashion_mnist")(IdxDataset("fashion_mnist", "FashionMNIST", tv_datasets.FashionMNIST))
-
-_CIFAR = tv_datasets.CIFAR10
-_CIFAR_FOLDER = _CIFAR.base_folder  # "cifar-10-batches-py"
+register_dataset("mnist")(IdxDataset("mnist", "MNIST", "MNIST"))
+register_dataset("fashion_mnist")(IdxDataset("fashion_mnist", "FashionMNIST", "FashionMNIST"))
 
 
 @register_dataset("cifar10")
@@ -93,16 +113,36 @@ class Cifar10Dataset(RemoteDataset):
     The archive's md5 and each extracted batch's md5 are checked. Takes no params.
     """
 
-    info = DatasetInfo("cifar10", 10, (3, 32, 32), source=_CIFAR.url, needs_download=True)
-    resources = (Resource(_CIFAR.filename, (_CIFAR.url,)),)
-    train_batches = tuple(name for name, _ in _CIFAR.train_list)
-    test_batches = tuple(name for name, _ in _CIFAR.test_list)
-    meta_file = _CIFAR.meta["filename"]
-    checksums = {
-        _CIFAR.filename: _CIFAR.tgz_md5,
-        **{name: md5 for name, md5 in _CIFAR.train_list + _CIFAR.test_list},
-        _CIFAR.meta["filename"]: _CIFAR.meta["md5"],
-    }
+    info = DatasetInfo("cifar10", 10, (3, 32, 32), source=SOURCES["cifar10"], needs_download=True)
+
+    @cached_property
+    def _tables(self) -> Any:
+        return torchvision_dataset_class("CIFAR10")
+
+    @cached_property
+    def resources(self) -> tuple[Resource, ...]:
+        return (Resource(self._tables.filename, (self._tables.url,)),)
+
+    @cached_property
+    def train_batches(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._tables.train_list)
+
+    @cached_property
+    def test_batches(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._tables.test_list)
+
+    @cached_property
+    def meta_file(self) -> str:
+        return self._tables.meta["filename"]
+
+    @cached_property
+    def checksums(self) -> dict[str, str]:
+        tables = self._tables
+        return {
+            tables.filename: tables.tgz_md5,
+            **{name: md5 for name, md5 in tables.train_list + tables.test_list},
+            tables.meta["filename"]: tables.meta["md5"],
+        }
 
     def _verify_extracted(self, folder: Path) -> None:
         names = (*self.train_batches, *self.test_batches, self.meta_file)

@@ -77,7 +77,7 @@ class MoonsDataset(BaseDataset):
     generation and the split), ``test_fraction`` (0.25).
     """
 
-    info = DatasetInfo("moons", num_classes=2, input_shape=(2,), source="scikit-learn", needs_download=False)
+    info = DatasetInfo("moons", num_classes=2, input_shape=(2,), source="scikit-learn", needs_download=False, bounds=(-3.0, 3.0))
     param_specs = {
         "n_samples": int_param(2000, 4),
         "noise": Param(0.1, (int, float), lambda v: v >= 0, "a number >= 0"),
@@ -96,6 +96,12 @@ class MoonsDataset(BaseDataset):
         from sklearn.datasets import make_moons
 
         x, y = make_moons(n_samples=params["n_samples"], noise=params["noise"], random_state=params["seed"])
+        low, high = self.info.bounds
+        if x.min() < low or x.max() > high:
+            raise ValueError(
+                f"moons: noise={params['noise']} puts points outside the input box {self.info.bounds} that attacks "
+                "and adversarial training stay in; use a smaller noise (the paper's figures use 0.1)"
+            )
         return _save_splits(stage, *_stratified_split(x, y, params["test_fraction"], params["seed"]))
 
 

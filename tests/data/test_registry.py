@@ -116,3 +116,24 @@ def test_take_tensors_on_lazy_dataset() -> None:
     assert y.dtype == torch.int64 and y.tolist() == [0, 1, 0]
     empty_x, empty_y = take_tensors(_Lazy(), 0)
     assert empty_x.shape == (0, 1, 2, 2) and empty_y.shape == (0,)
+
+
+def test_documented_sources_and_folders_match_torchvision():
+    from torchvision import datasets
+
+    from lipbench.data import celeba, torchvision_sets
+
+    assert torchvision_sets.SOURCES["mnist"] == datasets.MNIST.mirrors[0]
+    assert torchvision_sets.SOURCES["fashion_mnist"] == datasets.FashionMNIST.mirrors[0]
+    assert torchvision_sets.SOURCES["cifar10"] == datasets.CIFAR10.url
+    assert torchvision_sets._CIFAR_FOLDER == datasets.CIFAR10.base_folder
+    assert celeba.BASE_FOLDER == datasets.CelebA.base_folder
+
+
+def test_importing_the_registry_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = "import sys, lipbench.data, lipbench.methods; print('torchvision' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

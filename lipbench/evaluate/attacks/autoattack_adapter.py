@@ -164,10 +164,22 @@ def _validate(options: dict[str, Any]) -> None:
 
 def _check(x: torch.Tensor, n_classes: int, options: dict[str, Any]) -> None:
     _, attacks, _ = plan(n_classes, options)
-    if x.ndim != 4:
-        raise ValueError(f"autoattack_l2 needs images of shape (N, C, H, W), got {tuple(x.shape)}")
-    if "square" in attacks and min(x.shape[2], x.shape[3]) < 5:
-        raise ValueError(f"autoattack_l2: Square's L2 initialisation needs H, W >= 5, got {tuple(x.shape[2:])}")
+    if "square" in attacks and (x.ndim != 4 or min(x.shape[2], x.shape[3]) < 5):
+        raise ValueError(
+            f"autoattack_l2: Square's L2 initialisation needs images (N, C, H, W) with H, W >= 5, got {tuple(x.shape)}; "
+            "for other inputs use version: custom with attacks: [apgd-ce, fab]"
+        )
+
+
+class _AsImages(torch.nn.Module):
+    """Show non-image inputs ``(N, *shape)`` to AutoAttack as ``(N, 1, 1, D)`` images."""
+
+    def __init__(self, net: torch.nn.Module, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net, self.shape = net, shape
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.reshape(len(z), *self.shape))
 
 
 def _configure(adversary: Any, version: str, n_targets: int, options: dict[str, Any]) -> None:
@@ -253,11 +265,12 @@ def autoattack_l2(
                 x_adv[e, sl], success[e, sl] = verify_in_ball(target, x[sl], y[sl], x[sl], 0.0)
                 continue
             with seeded(options["seed"], target.device), _quiet(messages):
-                adversary = impl.build(
-                    target.net, eps=eps, version=version, attacks=attacks, seed=options["seed"], device=target.device
-                )
+                net, inputs = target.net, x[sl].to(target.device)
+                if x.ndim != 4:
+                    net, inputs = _AsImages(target.net, tuple(x.shape[1:])), inputs.reshape(len(inputs), 1, 1, -1)
+                adversary = impl.build(net, eps=eps, version=version, attacks=attacks, seed=options["seed"], device=target.device)
                 _configure(adversary, version, n_targets, options)
-                found = impl.run(adversary, x[sl].to(target.device), y[sl].to(target.device), batch_size)
+                found = impl.run(adversary, inputs, y[sl].to(target.device), batch_size).reshape(x[sl].shape)
             x_adv[e, sl], success[e, sl] = verify_in_ball(target, x[sl], y[sl], found, eps)
     info = {
         "library": "autoattack",

@@ -74,6 +74,8 @@ class SuiteResult:
     certificate_violations: np.ndarray
     pruned: bool
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: eps attacks: points handed to the attack at each eps (unpruned: ``n_points`` each).
+    calls_by_eps: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -111,6 +113,7 @@ class SuiteResult:
             "calls": dict(self.calls),
             "calls_unpruned": dict(self.calls_unpruned),
             "calls_saved": self.calls_saved,
+            "calls_by_eps": dict(self.calls_by_eps),
             "certificate_violations": self.certificate_violations.tolist(),
             "pruned": self.pruned,
             "seconds": dict(self.seconds),
@@ -122,6 +125,17 @@ def accuracy_from_min_norms(min_norm: np.ndarray, epsilons: Sequence[float]) -> 
     """``(E,)`` robust accuracy curve implied by minimal perturbation norms."""
     eps = np.asarray(epsilons, dtype=np.float64)[:, None]
     return (np.asarray(min_norm)[None, :] > eps * (1 + REL_TOL)).mean(axis=1)
+
+
+class _UnitBoxInput(nn.Module):
+    """``model(low + scale * z)``: the model seen from the unit box ``[0, 1]^d``."""
+
+    def __init__(self, model: nn.Module, low: float, scale: float) -> None:
+        super().__init__()
+        self.model, self.low, self.scale = model, low, scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z * self.scale + self.low)
 
 
 def run_attack_suite(
@@ -138,14 +152,80 @@ def run_attack_suite(
     prune: bool = True,
     progress: bool = True,
     n_examples: int = 8,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> SuiteResult:
     """Run ``attacks`` on ``(x, y)`` at every radius in ``epsilons``; see the module docstring.
 
     ``options`` maps attack names to option dicts (see ``ATTACKS.get(name).defaults``).
     ``device=None`` uses the device of the model's parameters; the model is put in eval
     mode (its training flag and ``requires_grad`` flags are restored afterwards).
-    All inputs are checked before the model is called.
+    ``bounds``: the input box, ``(0, 1)`` for images. Other boxes are attacked through
+    the exact reparametrisation ``x = low + (high - low) z`` with ``z`` in the unit box,
+    radii divided by ``high - low`` (L2 distances scale uniformly); results are mapped
+    back. All inputs are checked before the model is called.
     """
+    low, high = (float(b) for b in bounds)
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"bounds must be finite (low, high) with low < high, got {bounds!r}")
+    if (low, high) == (0.0, 1.0):
+        return _run_unit_box(
+            model,
+            x,
+            y,
+            epsilons,
+            attacks,
+            certified_radius,
+            batch_size=batch_size,
+            device=device,
+            options=options,
+            prune=prune,
+            progress=progress,
+            n_examples=n_examples,
+        )
+    scale = high - low
+    x = torch.as_tensor(x)
+    if x.is_floating_point() and torch.isfinite(x).all() and (x.min() < low or x.max() > high):
+        raise ValueError(f"x must lie in the bounds {bounds}, got values in [{x.min():.4g}, {x.max():.4g}]")
+    radius = None if certified_radius is None else torch.as_tensor(certified_radius) / scale
+    eps = [float(e) for e in epsilons] if not isinstance(epsilons, (str, bytes)) else epsilons
+    unit_eps = [e / scale for e in eps] if isinstance(eps, list) else eps
+    result = _run_unit_box(
+        _UnitBoxInput(model, low, scale),
+        (x - low) / scale if x.is_floating_point() else x,
+        y,
+        unit_eps,
+        attacks,
+        radius,
+        batch_size=batch_size,
+        device=device,
+        options=options,
+        prune=prune,
+        progress=progress,
+        n_examples=n_examples,
+    )
+    result.epsilons = eps
+    result.min_norms = {name: norms * scale for name, norms in result.min_norms.items()}
+    if result.min_norm is not None:
+        result.min_norm = result.min_norm * scale
+    result.examples = {name: examples * scale + low for name, examples in result.examples.items()}
+    return result
+
+
+def _run_unit_box(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epsilons: Sequence[float],
+    attacks: Sequence[str],
+    certified_radius: torch.Tensor | np.ndarray | None,
+    *,
+    batch_size: int,
+    device: str | torch.device | None,
+    options: Mapping[str, Mapping[str, Any]] | None,
+    prune: bool,
+    progress: bool,
+    n_examples: int,
+) -> SuiteResult:
     specs = _resolve_attacks(attacks, options)
     x, y, eps_list, radius = validate_inputs(x, y, epsilons, batch_size, certified_radius)
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 0:
@@ -257,6 +337,7 @@ def _run_eps(
     success = np.zeros((len(eps_list), n), bool)
     examples = np.full((len(eps_list), len(result.example_indices), *x.shape[1:]), np.nan, np.float32)
     calls = 0
+    calls_by_eps = [0] * len(eps_list)
     result.info[spec.name] = {"options": opts}
     for e, eps in enumerate(eps_list):
         attack = np.ones(n, bool)
@@ -269,6 +350,7 @@ def _run_eps(
             continue
         res = spec.run(target, x[idx], y[idx], [eps], batch_size=batch_size, options=opts, progress=progress)
         calls += len(idx)
+        calls_by_eps[e] = len(idx)
         ok = res.success[0] & result.clean_correct[idx]
         success[e, idx] = ok
         first = ok & (idx < examples.shape[1])
@@ -276,6 +358,7 @@ def _run_eps(
         result.info[spec.name] = res.info
     result.success[spec.name], result.examples[spec.name] = success, examples
     result.calls[spec.name], result.calls_unpruned[spec.name] = calls, n * len(eps_list)
+    result.calls_by_eps[spec.name] = calls_by_eps
 
 
 def _jsonable(value: Any) -> Any:

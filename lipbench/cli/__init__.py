@@ -1,0 +1,1 @@
+"""Command-line entry points: thin wrappers (parse, load params, call the library, write outputs)."""

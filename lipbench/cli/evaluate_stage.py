@@ -1,0 +1,48 @@
+"""``lipbench certify|attack|verify --params P --dataset D``: one evaluation stage for every
+trained model of a dataset (see :mod:`lipbench.evaluate.run`).
+
+``verify`` is the soundness gate: it exits 1, naming model, point and numbers, when an
+empirical lower bound beats a certified upper bound or an attack beats a certificate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="profile params file")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+
+
+def _headline(stage: str, summary: dict) -> str:
+    if stage == "certify":
+        accuracy = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(summary["epsilons"], summary["certified_accuracy"]))
+        return f"L <= {summary['lipschitz_upper_bound']['whole_map']:.4g}, certified accuracy {accuracy}"
+    if stage == "attack":
+        accuracy = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(summary["epsilons"], summary["robust_accuracy"]))
+        return f"robust accuracy {accuracy}; {summary['calls_saved']} attack calls saved by certificates"
+    lower, upper = summary["lower_bound"]["whole_map"], summary["upper_bound"]["whole_map"]
+    return f"{summary['status']} (lower bound {lower:.4g} <= upper bound {upper:.4g})"
+
+
+def make_run(stage: str):
+    def run(args: argparse.Namespace) -> int:
+        from lipbench.evaluate.run import VerificationFailed, run_stage
+        from lipbench.profiles import load_profile
+
+        try:
+            metrics = run_stage(load_profile(args.params), stage, args.dataset, args.progress)
+        except VerificationFailed as failure:
+            print(f"lipbench verify: FAILED for {args.dataset}:\n{failure}", file=sys.stderr)
+            return 1
+        for method, seeds in metrics["models"].items():
+            for seed, summary in seeds.items():
+                reused = " (unchanged, reused)" if summary.get("reused") else ""
+                print(f"lipbench {stage}: {args.dataset}/{method}/{seed}: {_headline(stage, summary)}{reused}")
+        return 0
+
+    return run

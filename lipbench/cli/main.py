@@ -1,0 +1,58 @@
+"""``lipbench`` command: one sub-command per pipeline stage.
+
+Errors a user can fix (bad params, unknown names, missing data, a beaten certificate)
+are printed as one ``lipbench <command>: error: ...`` line with exit status 2 (1 for a
+failed verification), without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from lipbench import __version__
+
+# sub-command -> module exposing add_arguments(parser) and run(args) -> int
+_COMMANDS = {
+    "prepare": ("lipbench.cli.prepare", "fetch (or copy from the mirror), verify and prepare a dataset"),
+    "train": ("lipbench.cli.train", "train one (dataset, method, seed) of a profile"),
+    "certify": ("lipbench.cli.evaluate_stage", "certified radii and certified accuracy of a dataset's models"),
+    "attack": ("lipbench.cli.evaluate_stage", "attack a dataset's models (foolbox + AutoAttack, certificate pruning)"),
+    "verify": ("lipbench.cli.evaluate_stage", "soundness gate: lower vs upper bound, no certificate beaten"),
+}
+
+
+class UserError(Exception):
+    """An error with a message meant for the user (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lipbench", description="Benchmark of 1-Lipschitz classifiers (hKR, CVPR 2021).")
+    parser.add_argument("--version", action="version", version=f"lipbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in _COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.make_run(name) if hasattr(module, "make_run") else module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from lipbench.data import DataError  # imported late: keeps --help fast
+    from lipbench.registry import RegistryError
+    from lipbench.train import TrainingDivergedError
+
+    try:
+        return int(args._run(args) or 0)
+    except (UserError, DataError, RegistryError, ValueError, FileNotFoundError, TrainingDivergedError) as error:
+        print(f"lipbench {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

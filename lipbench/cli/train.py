@@ -1,0 +1,29 @@
+"""``lipbench train --params P --dataset D --method M --seed S --out DIR``: the DVC ``train`` stage."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lipbench.cli._run_args import add_run_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="folder for weights.safetensors and checkpoint.pt")
+    parser.add_argument("--metrics", type=Path, required=True, help="folder for metrics.json and history.json (git-tracked)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the profile's train.device)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lipbench.profiles import load_profile
+    from lipbench.train import run_training
+
+    profile = load_profile(args.params)
+    metrics = run_training(profile, args.dataset, args.method, args.seed, args.out, args.metrics, args.device, args.progress)
+    print(
+        f"lipbench train: {args.dataset}/{args.method}/seed{args.seed}: test accuracy {metrics['test_accuracy']:.4f} "
+        f"in {metrics['timing']['train_seconds']:.1f} s -> {args.out}"
+    )
+    return 0

@@ -1,0 +1,27 @@
+"""Method registry: the paper's methods (adv, lip1_log, gnp_hin, gnp_log, hkr) plus kr and
+standard, each an architecture kit + loss + training recipe. Third-party methods register
+through the ``lipbench.methods`` entry-point group."""
+
+from __future__ import annotations
+
+import importlib
+
+from lipbench.methods.architectures import ARCHITECTURES, Architecture, build_model, default_architecture
+from lipbench.methods.base import METHODS, Method, get_method, list_methods, register_method
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "register_method",
+    "get_method",
+    "list_methods",
+    "ARCHITECTURES",
+    "Architecture",
+    "build_model",
+    "default_architecture",
+]
+
+# Built-in methods register themselves on import; the list is explicit on purpose.
+_BUILTIN_MODULES = ("lipbench.methods.builtin",)
+for _module in _BUILTIN_MODULES:
+    importlib.import_module(_module)

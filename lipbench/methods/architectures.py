@@ -1,0 +1,204 @@
+"""Network architectures, each realised with one of three layer kits.
+
+An architecture is a list of abstract blocks (conv, pool, dense, ...). A *kit* turns
+each block into modules:
+
+* ``gnp`` (gradient-norm preserving, the paper's hKR / GNP networks): Björck conv +
+  GroupSort2, L2-norm pooling, Björck dense + FullSort, per-row normalised output;
+* ``lip1`` (1LIP_log): the same Björck weights with ReLU and max pooling;
+* ``unconstrained`` (Adv, standard): ``nn.Conv2d`` / ``nn.Linear``, ReLU, max pooling.
+
+Every model is an ``nn.Sequential`` chain, so strict bounds apply to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+import lipbench.nn as lnn
+
+__all__ = ["Conv", "Pool", "Dense", "Architecture", "ARCHITECTURES", "KITS", "build_model", "default_architecture"]
+
+Kit = Literal["gnp", "lip1", "unconstrained"]
+KITS: tuple[str, ...] = ("gnp", "lip1", "unconstrained")
+
+
+@dataclass(frozen=True)
+class Conv:
+    channels: int
+    kernel_size: int = 3
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class Pool:
+    size: int = 2
+
+
+@dataclass(frozen=True)
+class Dense:
+    features: int
+
+
+Block = Conv | Pool | Dense
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Blocks before flattening (convs and pools), then dense blocks, then the output layer."""
+
+    name: str
+    blocks: tuple[Block, ...]
+    source: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    architecture.name: architecture
+    for architecture in (
+        Architecture(
+            "moons_dense",
+            (Dense(64), Dense(64), Dense(64)),
+            "Two-moons toy network (paper Fig. 1/2); the paper's exact widths are in its appendix, not available "
+            "to us: three dense layers of 64.",
+        ),
+        Architecture(
+            "digits_dense",
+            (Dense(128), Dense(64)),
+            "Dense network for scikit-learn's 8x8 digits (lipbench's embedded quick profile; not in the paper).",
+        ),
+        Architecture(
+            "mnist_cnn",
+            (Conv(16), Pool(2), Conv(32), Pool(2), Dense(64)),
+            "The paper's MNIST CNN shape: conv 16 -> pool -> conv 32 -> pool -> dense 64 -> 10 (as given in the "
+            "lipbench core issue; the appendix with exact hyper-parameters is not available to us).",
+        ),
+        Architecture(
+            "cifar10_cnn",
+            (Conv(32), Conv(32), Pool(2), Conv(64), Conv(64), Pool(2), Conv(128), Conv(128), Pool(2), Dense(256)),
+            "CIFAR-10 VGG-like CNN in the style of the deel-lip CIFAR examples; the paper's appendix is not "
+            "available to us, so widths are our choice.",
+        ),
+        Architecture(
+            "celeba_cnn",
+            (Conv(16), Pool(2), Conv(32), Pool(2), Conv(64), Pool(2), Conv(64), Pool(2), Conv(128), Pool(2), Dense(256)),
+            "CelebA 128x128 binary CNN: five conv/pool stages then dense 256; the paper's appendix is not "
+            "available to us, so widths are our choice.",
+        ),
+    )
+}
+
+_DEFAULT_ARCHITECTURES = {
+    "moons": "moons_dense",
+    "digits": "digits_dense",
+    "mnist": "mnist_cnn",
+    "fashion_mnist": "mnist_cnn",
+    "cifar10": "cifar10_cnn",
+    "celeba_eyeglasses": "celeba_cnn",
+}
+
+
+def default_architecture(dataset: str, input_shape: Sequence[int]) -> str:
+    """The architecture a dataset uses unless its recipe names another one."""
+    if dataset in _DEFAULT_ARCHITECTURES:
+        return _DEFAULT_ARCHITECTURES[dataset]
+    return "mnist_cnn" if len(input_shape) == 3 else "moons_dense"
+
+
+@dataclass(frozen=True)
+class _Kit:
+    conv: Callable[[int, int, int, int, str, tuple[int, int]], list[nn.Module]]
+    pool: Callable[[int], nn.Module]
+    dense: Callable[[int, int], list[nn.Module]]
+    output: Callable[[int, int], nn.Module]
+
+
+def _lipschitz_conv(correction: str) -> Callable[[int, int, int, int, str, tuple[int, int]], list[nn.Module]]:
+    def conv(
+        in_channels: int, out_channels: int, kernel: int, stride: int, activation: str, size: tuple[int, int]
+    ) -> list[nn.Module]:
+        padding = "same" if stride == 1 else kernel // 2
+        layer = lnn.LipschitzConv2d(
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            correction=correction,
+            input_size=size if correction == "lambda" else None,
+        )
+        return [layer, lnn.GroupSort2() if activation == "groupsort" else nn.ReLU()]
+
+    return conv
+
+
+def _kit(kit: str, correction: str) -> _Kit:
+    if kit == "gnp":
+        return _Kit(
+            conv=_lipschitz_conv(correction),
+            pool=lambda size: lnn.L2NormPool2d(size),
+            dense=lambda i, o: [lnn.LipschitzLinear(i, o), lnn.FullSort()],
+            output=lambda i, o: lnn.RowNormalizedLinear(i, o),
+        )
+    if kit == "lip1":
+        return _Kit(
+            conv=_lipschitz_conv(correction),
+            pool=lambda size: nn.MaxPool2d(size),
+            dense=lambda i, o: [lnn.LipschitzLinear(i, o), nn.ReLU()],
+            output=lambda i, o: lnn.RowNormalizedLinear(i, o),
+        )
+    if kit == "unconstrained":
+        return _Kit(
+            conv=lambda i, o, k, s, _, __: [nn.Conv2d(i, o, k, s, "same" if s == 1 else k // 2), nn.ReLU()],
+            pool=lambda size: nn.MaxPool2d(size),
+            dense=lambda i, o: [nn.Linear(i, o), nn.ReLU()],
+            output=lambda i, o: nn.Linear(i, o),
+        )
+    raise ValueError(f"unknown layer kit {kit!r}; known kits: {', '.join(KITS)}")
+
+
+def build_model(
+    architecture: str,
+    kit: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    correction: str = "strict",
+) -> nn.Sequential:
+    """Build ``architecture`` with ``kit`` for inputs of ``input_shape`` (no batch dim).
+
+    Binary problems (``num_classes == 2``) get a single output logit (class 1 where f > 0).
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known architectures: {', '.join(sorted(ARCHITECTURES))}")
+    layers = _kit(kit, correction)
+    spec = ARCHITECTURES[architecture]
+    modules: list[nn.Module] = []
+    shape = list(input_shape)
+    flattened = len(shape) == 1
+    activation = "groupsort" if kit == "gnp" else "relu"
+    for block in spec.blocks:
+        if isinstance(block, Conv):
+            if flattened:
+                raise ValueError(f"architecture {architecture!r} has a conv block but inputs of shape {tuple(input_shape)}")
+            modules += layers.conv(shape[0], block.channels, block.kernel_size, block.stride, activation, (shape[1], shape[2]))
+            shape = [block.channels, -(-shape[1] // block.stride), -(-shape[2] // block.stride)]
+        elif isinstance(block, Pool):
+            modules.append(layers.pool(block.size))
+            shape = [shape[0], shape[1] // block.size, shape[2] // block.size]
+            if min(shape[1:]) < 1:
+                raise ValueError(f"architecture {architecture!r} pools inputs of shape {tuple(input_shape)} to nothing")
+        else:
+            if not flattened:
+                modules.append(nn.Flatten())
+                shape, flattened = [shape[0] * shape[1] * shape[2]], True
+            modules += layers.dense(shape[0], block.features)
+            shape = [block.features]
+    if not flattened:
+        modules.append(nn.Flatten())
+        shape = [shape[0] * shape[1] * shape[2]]
+    outputs = 1 if num_classes == 2 else num_classes
+    modules.append(layers.output(shape[0], outputs))
+    return nn.Sequential(*modules)

@@ -1,0 +1,145 @@
+"""Trained-model files: safetensors weights with the metadata needed to rebuild the model.
+
+``weights.safetensors`` holds ``exported.*`` (the plain model every evaluation uses) and
+``constrained.*`` (the parametrised model, for fine-tuning), plus metadata: dataset, model
+variant, method, architecture, input shape, classes, method parameters. Pickle files are
+never read: safetensors cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from lipbench.io import atomic_path
+from lipbench.methods import get_method
+from lipbench.nn import export
+
+__all__ = ["WEIGHTS_FORMAT", "ModelMetadata", "save_weights", "load_weights", "build_from_metadata"]
+
+WEIGHTS_FORMAT = "lipbench-weights-1"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    dataset: str
+    model: str
+    method: str
+    architecture: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    method_params: dict[str, Any]
+    conv_correction: str = "strict"
+
+    def to_strings(self) -> dict[str, str]:
+        return {
+            "format": WEIGHTS_FORMAT,
+            "dataset": self.dataset,
+            "model": self.model,
+            "method": self.method,
+            "architecture": self.architecture,
+            "input_shape": json.dumps(list(self.input_shape)),
+            "num_classes": str(self.num_classes),
+            "method_params": json.dumps(self.method_params, sort_keys=True),
+            "conv_correction": self.conv_correction,
+        }
+
+    @classmethod
+    def from_strings(cls, metadata: Mapping[str, str], where: str) -> ModelMetadata:
+        if metadata.get("format") != WEIGHTS_FORMAT:
+            raise ValueError(f"{where}: not a lipbench weights file (metadata format {metadata.get('format')!r})")
+        try:
+            return cls(
+                dataset=metadata["dataset"],
+                model=metadata["model"],
+                method=metadata["method"],
+                architecture=metadata["architecture"],
+                input_shape=tuple(json.loads(metadata["input_shape"])),
+                num_classes=int(metadata["num_classes"]),
+                method_params=json.loads(metadata["method_params"]),
+                conv_correction=metadata.get("conv_correction", "strict"),
+            )
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"{where}: incomplete lipbench metadata ({error})") from None
+
+
+def build_from_metadata(metadata: ModelMetadata) -> nn.Sequential:
+    """A freshly initialised constrained (or unconstrained) model of the recorded architecture."""
+    method = get_method(metadata.method)
+    return method.build_model(metadata.input_shape, metadata.num_classes, metadata.architecture, metadata.conv_correction)
+
+
+def save_weights(path: str | Path, model: nn.Module, metadata: ModelMetadata) -> None:
+    """Write exported and constrained weights atomically (temp file + rename)."""
+    tensors = {f"exported.{k}": v.detach().cpu().contiguous() for k, v in export(model).state_dict().items()}
+    tensors |= {f"constrained.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata.to_strings())
+
+
+def _pickle_message(path: Path) -> str:
+    return (
+        f"{path}: looks like a pickle/torch.save checkpoint; lipbench never unpickles files (unpickling can run "
+        "arbitrary code). Convert it where you trust it: safetensors.torch.save_file(model.state_dict(), "
+        "'model.safetensors'), and pass the .safetensors file."
+    )
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    pickle_protocol = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return pickle_protocol or head == b"PK\x03\x04"  # raw pickle, or torch.save's zip container
+
+
+def load_weights(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Sequential, ModelMetadata]:
+    """The exported plain model (eval mode) and its metadata.
+
+    Raises ``ValueError`` naming the file for pickle files, non-lipbench files, and weights
+    that do not match the recorded architecture (missing, unexpected or mis-shaped tensors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ValueError(_pickle_message(path))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw_metadata = handle.metadata() or {}
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as error:
+        if _looks_like_pickle(path):
+            raise ValueError(_pickle_message(path)) from None
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    metadata = ModelMetadata.from_strings(raw_metadata, str(path))
+    plain = export(build_from_metadata(metadata))
+    exported = {k.removeprefix("exported."): v for k, v in tensors.items() if k.startswith("exported.")}
+    expected = plain.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(exported))
+    unexpected = sorted(set(exported) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected)}")
+    problems += [
+        f"{name} has shape {tuple(exported[name].shape)}, the architecture needs {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in exported and exported[name].shape != tensor.shape
+    ]
+    if problems:
+        raise ValueError(
+            f"{path}: weights do not match {metadata.method}'s {metadata.architecture} architecture for "
+            f"{metadata.dataset}: {'; '.join(problems)}"
+        )
+    plain.load_state_dict(exported)
+    return plain.to(device).eval(), metadata

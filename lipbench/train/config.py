@@ -1,0 +1,125 @@
+"""What one training run is: dataset, model variant (a registered method + its parameters),
+recipe and seed, resolved and validated before any expensive work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lipbench.methods import ARCHITECTURES, default_architecture, get_method
+
+__all__ = ["Recipe", "TrainConfig", "resolve_train_config"]
+
+_OPTIMIZERS = ("adam", "sgd")
+_SCHEDULES = ("constant", "cosine")
+_CORRECTIONS = ("strict", "lambda")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: optimiser, epochs, batch size, schedule, architecture options."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    architecture: str | None = None
+    conv_correction: str = "strict"
+    eval_batch_size: int = 1024
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], where: str) -> Recipe:
+        names = {f.name for f in cls.__dataclass_fields__.values()}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown recipe keys {', '.join(unknown)}; accepted: {', '.join(sorted(names))}")
+        missing = sorted(name for name in ("epochs", "batch_size", "learning_rate") if name not in params)
+        if missing:
+            raise ValueError(f"{where}: the recipe needs {', '.join(missing)}")
+        recipe = cls(**params)
+        recipe.validate(where)
+        return recipe
+
+    def validate(self, where: str) -> None:
+        def number(name: str, value: Any, minimum: float, integer: bool = False, strict: bool = True) -> None:
+            kinds = (int,) if integer else (int, float)
+            if not isinstance(value, kinds) or isinstance(value, bool) or value < minimum or (strict and value == minimum):
+                bound = f"{'>' if strict else '>='} {minimum}"
+                raise ValueError(f"{where}: {name} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
+
+        number("epochs", self.epochs, 0, integer=True)
+        number("batch_size", self.batch_size, 0, integer=True)
+        number("eval_batch_size", self.eval_batch_size, 0, integer=True)
+        number("learning_rate", self.learning_rate, 0.0)
+        number("weight_decay", self.weight_decay, 0.0, strict=False)
+        for name, value, allowed in (
+            ("optimizer", self.optimizer, _OPTIMIZERS),
+            ("schedule", self.schedule, _SCHEDULES),
+            ("conv_correction", self.conv_correction, _CORRECTIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{where}: {name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.architecture is not None and self.architecture not in ARCHITECTURES:
+            raise ValueError(f"{where}: unknown architecture {self.architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One (dataset, model variant, seed) run, fully resolved."""
+
+    dataset: str
+    model: str
+    method: str
+    method_params: dict[str, Any]
+    recipe: Recipe
+    seed: int
+    architecture: str
+    input_shape: tuple[int, ...] = field(default=())
+    num_classes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["input_shape"] = list(self.input_shape)
+        return payload
+
+    def fingerprint(self) -> str:
+        """Identifies everything that determines the trained weights (for safe resuming)."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_train_config(
+    dataset: str,
+    model: str,
+    model_params: Mapping[str, Any] | None,
+    recipe_params: Mapping[str, Any],
+    seed: int,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> TrainConfig:
+    """Validate and resolve a run. ``model_params`` may name the registered method with a
+    ``method`` key (variants such as ``hkr_m2.12``); otherwise ``model`` is the method name."""
+    where = f"train.{dataset}.{model}"
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+    params = dict(model_params or {})
+    method_name = params.pop("method", model)
+    method = get_method(method_name)
+    resolved = method.resolve_params(params)
+    recipe = Recipe.from_params(recipe_params, f"train.{dataset}.recipe")
+    architecture = recipe.architecture or default_architecture(dataset, input_shape)
+    return TrainConfig(
+        dataset=dataset,
+        model=model,
+        method=method_name,
+        method_params=resolved,
+        recipe=recipe,
+        seed=seed,
+        architecture=architecture,
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+    )
