@@ -4,7 +4,7 @@ certified accuracy at every eps, and the logits and input gradients the report d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from torch import nn
 from lipbench.evaluate.certify import certified_accuracy, certified_radius, predictions
 from lipbench.nn import LipschitzUpperBound, lipschitz_upper_bound
 
-__all__ = ["Certification", "certify_model", "input_gradients"]
+__all__ = ["Certification", "certify_model", "input_gradients", "level_set_grid"]
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Certification:
     labels: np.ndarray
     logits: np.ndarray
     gradients: np.ndarray
+    #: For 2-D inputs (two-moons): the logits on a regular grid around the data, for level sets.
+    grid: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def certified_accuracy(self) -> dict[float, float]:
@@ -43,6 +45,7 @@ class Certification:
             "epsilons": np.asarray(self.epsilons, dtype=np.float64),
             "whole_map_lipschitz": np.asarray(self.upper.whole_map),
             "per_logit_lipschitz": np.asarray(self.upper.per_logit),
+            **{f"grid_{key}": value for key, value in self.grid.items()},
         }
 
     def summary(self) -> dict[str, Any]:
@@ -93,6 +96,7 @@ def certify_model(
     radius = certified_radius(logits, upper.whole_map, upper.max_per_logit)
     correct = predictions(logits) == y
     gradients = input_gradients(model, x[:gradient_points].to(device)).cpu()
+    grid = level_set_grid(model, x) if tuple(input_shape) == (2,) else {}
     return Certification(
         upper=upper,
         epsilons=[float(eps) for eps in epsilons],
@@ -101,4 +105,18 @@ def certify_model(
         labels=y.numpy(),
         logits=logits.numpy(),
         gradients=gradients.numpy(),
+        grid=grid,
     )
+
+
+@torch.no_grad()
+def level_set_grid(model: nn.Module, x: torch.Tensor, size: int = 200, margin: float = 0.5) -> dict[str, np.ndarray]:
+    """Logits of a 2-D model on a ``size x size`` grid covering the points plus ``margin``."""
+    low = (x.min(dim=0).values - margin).cpu()
+    high = (x.max(dim=0).values + margin).cpu()
+    axis_0 = torch.linspace(float(low[0]), float(high[0]), size)
+    axis_1 = torch.linspace(float(low[1]), float(high[1]), size)
+    mesh = torch.stack(torch.meshgrid(axis_0, axis_1, indexing="xy"), dim=-1).reshape(-1, 2)
+    device = next(model.parameters()).device
+    values = model(mesh.to(device)).cpu()
+    return {"x": axis_0.numpy(), "y": axis_1.numpy(), "values": values.reshape(size, size, -1).numpy()}

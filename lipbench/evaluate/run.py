@@ -66,6 +66,7 @@ class EvaluationSettings:
     deepfool_points: int
     attacks: list[str]
     attack_options: dict[str, dict[str, Any]]
+    headline_eps: float
     batch_size: int
     device: str
     workers: int
@@ -92,7 +93,7 @@ def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
     where = f"{profile.path}: evaluate.{dataset}"
     section = profile.section("evaluate", dataset)
     common = profile.section("evaluate")
-    allowed = {"epsilons", "certify_points", "attack_points", "deepfool_points", "attacks", "attack_options"}
+    allowed = {"epsilons", "headline_eps", "certify_points", "attack_points", "deepfool_points", "attacks", "attack_options"}
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise ProfileError(f"{where}: unknown keys {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}")
@@ -102,6 +103,9 @@ def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
     for eps in epsilons:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps < 0:
             raise ProfileError(f"{where}.epsilons: every eps must be a finite number >= 0, got {eps!r}")
+    headline = section.get("headline_eps", epsilons[len(epsilons) // 2])
+    if headline not in epsilons:
+        raise ProfileError(f"{where}.headline_eps ({headline!r}) must be one of its epsilons {epsilons}")
     certify_points = _positive_int(f"{where}.certify_points", section.get("certify_points", 1000))
     attack_points = _positive_int(f"{where}.attack_points", section.get("attack_points", 200))
     deepfool_points = _positive_int(f"{where}.deepfool_points", section.get("deepfool_points", attack_points))
@@ -129,6 +133,7 @@ def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
         deepfool_points=deepfool_points,
         attacks=attacks,
         attack_options=options,
+        headline_eps=float(headline),
         batch_size=_positive_int(f"{profile.path}: evaluate.batch_size", common.get("batch_size", 256)),
         device=str(common.get("device", "auto")),
         workers=_positive_int(f"{profile.path}: evaluate.workers", common.get("workers", 1)),
@@ -207,7 +212,7 @@ def _certify(profile: Profile, run: ModelRun, settings: EvaluationSettings, out:
     model, x, y, info = _load_model_and_points(profile, run, settings)
     certification = certify_model(model, info.input_shape, x, y, settings.epsilons, settings.batch_size)
     _save_arrays(out / "certify.npz", certification.arrays())
-    return certification.summary()
+    return certification.summary() | {"parameter_count": sum(p.numel() for p in model.parameters())}
 
 
 def _attack(profile: Profile, run: ModelRun, settings: EvaluationSettings, out: Path) -> dict[str, Any]:

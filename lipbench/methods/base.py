@@ -69,6 +69,8 @@ class Method:
     fixed: ClassVar[Mapping[str, float]] = {}
     #: Parameters used by :meth:`training_inputs` rather than the loss, with defaults.
     training_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: Where the method comes from (leaderboard fields): link, authors, venue.
+    reference: ClassVar[Mapping[str, str]] = {"link": "", "authors": "", "venue": ""}
 
     @property
     def constrained(self) -> bool:
@@ -127,4 +129,5 @@ class Method:
             "constrained": self.constrained,
             "defaults": {**self.defaults, **self.training_defaults},
             "fixed": dict(self.fixed),
+            "reference": dict(self.reference),
         }

@@ -60,6 +60,7 @@ def l2_pgd(
 @register_method("standard")
 class Standard(Method):
     paper_name = "Standard"
+    reference = {"link": "", "authors": "", "venue": "reference (no robustness)"}
     description = "Unconstrained ReLU network trained with cross-entropy (reference, no robustness)."
     kit = "unconstrained"
     loss = "cross_entropy"
@@ -69,6 +70,11 @@ class Standard(Method):
 @register_method("adv")
 class Adversarial(Method):
     paper_name = "Adv"
+    reference = {
+        "link": "https://arxiv.org/abs/1706.06083",
+        "authors": "Madry, Makelov, Schmidt, Tsipras, Vladu",
+        "venue": "ICLR 2018",
+    }
     description = "Madry et al. adversarial training: unconstrained ReLU network, L2 PGD examples, cross-entropy."
     kit = "unconstrained"
     loss = "cross_entropy"
@@ -98,6 +104,11 @@ class Adversarial(Method):
 @register_method("lip1_log")
 class Lip1Log(Method):
     paper_name = "1LIP_log"
+    reference = {
+        "link": "https://arxiv.org/abs/1811.05381",
+        "authors": "Anil, Lucas, Grosse",
+        "venue": "ICML 2019 (Björck); baseline of CVPR 2021 hKR",
+    }
     description = "Björck-constrained weights with ReLU and max pooling, cross-entropy (log loss)."
     kit = "lip1"
     loss = "cross_entropy"
@@ -107,6 +118,7 @@ class Lip1Log(Method):
 @register_method("gnp_log")
 class GNPLog(Method):
     paper_name = "GNP_log"
+    reference = {"link": "https://arxiv.org/abs/1811.05381", "authors": "Anil, Lucas, Grosse", "venue": "ICML 2019"}
     description = "Gradient-norm-preserving network (GroupSort2, FullSort, L2-norm pooling), cross-entropy."
     kit = "gnp"
     loss = "cross_entropy"
@@ -116,6 +128,7 @@ class GNPLog(Method):
 @register_method("gnp_hin")
 class GNPHinge(Method):
     paper_name = "GNP_hin^m"
+    reference = {"link": "https://arxiv.org/abs/1811.05381", "authors": "Anil, Lucas, Grosse", "venue": "ICML 2019"}
     description = "Gradient-norm-preserving network with the multiclass hinge loss of margin m (Anil et al.)."
     kit = "gnp"
     loss = "hinge"
@@ -125,6 +138,11 @@ class GNPHinge(Method):
 @register_method("hkr")
 class HKR(Method):
     paper_name = "hKR_α^m"
+    reference = {
+        "link": "https://arxiv.org/abs/2006.06520",
+        "authors": "Serrurier, Mamalet, González-Sanz, Boissin, Loubes, del Barrio",
+        "venue": "CVPR 2021",
+    }
     description = "Gradient-norm-preserving network with the hinge-regularised KR loss (eq. 5 / eq. 12)."
     kit = "gnp"
     loss = "hkr"
@@ -134,6 +152,11 @@ class HKR(Method):
 @register_method("kr")
 class KR(Method):
     paper_name = "KR"
+    reference = {
+        "link": "https://arxiv.org/abs/2006.06520",
+        "authors": "Serrurier, Mamalet, González-Sanz, Boissin, Loubes, del Barrio",
+        "venue": "CVPR 2021",
+    }
     description = "Vanilla Kantorovich-Rubinstein (hKR with alpha = 0): the Wasserstein dual, no hinge (paper Fig. 1)."
     kit = "gnp"
     loss = "hkr"
