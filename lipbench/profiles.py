@@ -86,6 +86,7 @@ class Profile:
         return dict(self.section("train", dataset, model))
 
     def device(self) -> str:
+        """``train.device``: auto (a free GPU when there is one, else CPU), cpu, cuda, cuda:N."""
         value = self.section("train").get("device", "auto")
         if value not in ("auto", "cpu", "cuda") and not str(value).startswith("cuda:"):
             raise ProfileError(f"{self.path}: train.device must be auto, cpu, cuda or cuda:N, got {value!r}")

@@ -112,3 +112,56 @@ def test_bad_labels_and_parameters_are_rejected():
         losses.make_loss("hkr", binary=True, alpha="50")
     loss = losses.make_loss("hkr", binary=False, alpha=50.0, margin=1.0)
     assert float(loss(LOGITS, CLASS_LABELS)) == pytest.approx(loop_hkr_multiclass(LOGITS, CLASS_LABELS, 50.0, 1.0), rel=1e-6)
+
+
+def _loss_calls():
+    """Every loss function on the module's fixed scores/logits, as ``call(**extra)``."""
+    return {
+        "hkr binary": lambda **r: losses.hkr_loss(SCORES, BINARY_LABELS, 50.0, 0.3, **r),
+        "kr": lambda **r: losses.kr_loss(SCORES, BINARY_LABELS, **r),
+        "kantorovich_rubinstein": lambda **r: losses.kantorovich_rubinstein(SCORES[:, None], BINARY_LABELS, **r),
+        "hinge binary": lambda **r: losses.hinge_loss(SCORES, BINARY_LABELS, 0.7, **r),
+        "cross_entropy binary": lambda **r: losses.cross_entropy_loss(SCORES, BINARY_LABELS, 3.0, **r),
+        "hkr multiclass": lambda **r: losses.hkr_multiclass_loss(LOGITS, CLASS_LABELS, 50.0, 0.3, **r),
+        "hkr multiclass w=K-1": lambda **r: losses.hkr_multiclass_loss(LOGITS, CLASS_LABELS, 5.0, 1.0, 2.0, **r),
+        "hinge multiclass": lambda **r: losses.multiclass_hinge_loss(LOGITS, CLASS_LABELS, 0.7, **r),
+        "cross_entropy multiclass": lambda **r: losses.cross_entropy_loss(LOGITS, CLASS_LABELS, 3.0, **r),
+    }
+
+
+@pytest.mark.parametrize("name", list(_loss_calls()))
+def test_the_reduce_path_with_one_process_gives_exactly_todays_values(name):
+    call = _loss_calls()[name]
+    assert torch.equal(call(reduce=lambda counts: counts), call())
+    assert torch.equal(call(reduce=None), call())
+
+
+@pytest.mark.parametrize("name", list(_loss_calls()))
+def test_reduce_sums_only_detached_counts_and_normalises_with_them(name):
+    """A reducer that doubles the counts stands for a second rank with an identical shard:
+    the whole batch is this one twice, whose loss is this batch's, so each of the two
+    equal pieces is half of it."""
+    seen = []
+
+    def two_identical_ranks(counts):
+        seen.append(counts)
+        return 2 * counts
+
+    call = _loss_calls()[name]
+    assert float(call(reduce=two_identical_ranks)) == pytest.approx(float(call()) / 2, rel=1e-6)
+    assert len(seen) == 1 and not seen[0].requires_grad  # one collective per loss call, no graph through it
+
+
+def test_make_loss_passes_reduce_and_keeps_its_checks():
+    calls = []
+
+    def reduce(counts):
+        calls.append(counts.shape)
+        return counts
+
+    loss = losses.make_loss("hkr", binary=False, reduce=reduce, alpha=50.0, margin=1.0)
+    plain = losses.make_loss("hkr", binary=False, alpha=50.0, margin=1.0)
+    assert torch.equal(loss(LOGITS, CLASS_LABELS), plain(LOGITS, CLASS_LABELS))
+    assert calls == [torch.Size([2, 3])]  # positive and negative counts of the 3 classes, in one call
+    with pytest.raises(ValueError, match="does not take temperature"):
+        losses.make_loss("hkr", binary=False, reduce=reduce, temperature=2.0)

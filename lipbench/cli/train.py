@@ -1,4 +1,8 @@
-"""``lipbench train --params P --dataset D --method M --seed S --out DIR``: the DVC ``train`` stage."""
+"""``lipbench train --params P --dataset D --method M --seed S --out DIR``: the DVC ``train`` stage.
+
+Data-parallel: ``torchrun --standalone --nproc_per_node N -m lipbench.cli.main train ...``
+(same arguments; the recipe's batch_size is the global batch; rank 0 writes).
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lipbench.profiles import load_profile
     from lipbench.train import run_training
+    from lipbench.train.distributed import is_main_process
 
     profile = load_profile(args.params)
     metrics = run_training(profile, args.dataset, args.method, args.seed, args.out, args.metrics, args.device, args.progress)
+    if not is_main_process():
+        return 0
     print(
         f"lipbench train: {args.dataset}/{args.method}/seed{args.seed}: test accuracy {metrics['test_accuracy']:.4f} "
         f"in {metrics['timing']['train_seconds']:.1f} s -> {args.out}"

@@ -29,13 +29,14 @@ import torch
 from tqdm import tqdm
 
 from lipbench.data import load_dataset, take_tensors
+from lipbench.devices import resolve_device
 from lipbench.environment import environment_record, source_fingerprint
 from lipbench.evaluate.attacks import ATTACKS, run_attack_suite
 from lipbench.evaluate.certification import certify_model
 from lipbench.evaluate.verification import verify_model
 from lipbench.io import atomic_path, read_json, write_json_atomic
 from lipbench.profiles import Profile, ProfileError, load_profile
-from lipbench.train import config_from_profile, load_weights, resolve_device
+from lipbench.train import config_from_profile, load_weights
 
 __all__ = [
     "STAGES",
@@ -46,6 +47,8 @@ __all__ = [
     "output_dir",
     "stage_metrics_path",
     "run_stage",
+    "evaluate_one",
+    "fingerprint",
     "VerificationFailed",
 ]
 
@@ -143,13 +146,18 @@ def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
 
 @dataclass(frozen=True)
 class ModelRun:
+    """A model to evaluate; ``external`` names an externally trained checkpoint."""
+
     dataset: str
     method: str
     seed: int
     weights: Path
+    external: str | None = None
 
     @property
     def label(self) -> str:
+        if self.external is not None:
+            return f"{self.dataset}/external/{self.external}"
         return f"{self.dataset}/{self.method}/seed{self.seed}"
 
 
@@ -168,6 +176,8 @@ def model_runs(profile: Profile, dataset: str) -> list[ModelRun]:
 
 
 def output_dir(profile: Profile, stage: str, run: ModelRun) -> Path:
+    if run.external is not None:
+        return profile.path_of("evaluation") / "external" / stage / run.dataset / run.external
     return profile.path_of("evaluation") / stage / run.dataset / run.method / f"seed{run.seed}"
 
 
@@ -179,7 +189,8 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _fingerprint(profile: Profile, stage: str, run: ModelRun, settings: EvaluationSettings) -> str:
+def fingerprint(profile: Profile, stage: str, run: ModelRun, settings: EvaluationSettings) -> str:
+    """Identifies a model's stage inputs: weights, upstream outputs, settings, lipbench's source."""
     inputs = [_file_hash(run.weights)]
     inputs += [_file_hash(output_dir(profile, upstream, run) / f"{upstream}.npz") for upstream in _UPSTREAM[stage]]
     payload = json.dumps([stage, inputs, settings.for_stage(stage), source_fingerprint()], sort_keys=True)
@@ -298,17 +309,19 @@ _WORK: dict[str, Callable[[Profile, ModelRun, EvaluationSettings, Path], dict[st
 }
 
 
-def _evaluate_one(profile_path: str, stage: str, run: ModelRun, fingerprint: str) -> dict[str, Any]:
+def evaluate_one(profile_path: str, stage: str, run: ModelRun, key: str) -> dict[str, Any]:
     """One model's stage work; writes ``summary.json`` last (it marks the outputs complete)."""
     started = time.perf_counter()
     profile = load_profile(profile_path)
     settings = evaluation_settings(profile, run.dataset)
     out = output_dir(profile, stage, run)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"dataset": run.dataset, "model": run.method, "seed": run.seed, "fingerprint": fingerprint}
+    summary = {"dataset": run.dataset, "model": run.method, "seed": run.seed, "fingerprint": key}
+    if run.external is not None:
+        summary["external"] = run.external
     summary |= _WORK[stage](profile, run, settings, out)
     summary["seconds"] = time.perf_counter() - started
-    summary["environment"] = environment_record(resolve_device(settings.device), run.seed)
+    summary["environment"] = environment_record(resolve_device(settings.device), run.seed)  # same device: held per process
     write_json_atomic(out / "summary.json", summary)
     return summary
 
@@ -334,24 +347,24 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
     summaries: dict[ModelRun, dict[str, Any]] = {}
     pending: list[tuple[ModelRun, str]] = []
     for run in runs:
-        fingerprint = _fingerprint(profile, stage, run, settings)
+        key = fingerprint(profile, stage, run, settings)
         record = output_dir(profile, stage, run) / "summary.json"
-        if record.is_file() and read_json(record).get("fingerprint") == fingerprint:
+        if record.is_file() and read_json(record).get("fingerprint") == key:
             summaries[run] = read_json(record) | {"reused": True}
         else:
-            pending.append((run, fingerprint))
+            pending.append((run, key))
     bar = tqdm(total=len(pending), desc=f"{stage} {dataset}", disable=not progress or not pending)
     if settings.workers > 1 and len(pending) > 1:
         threads = max(1, (torch.get_num_threads() or 1) // settings.workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(settings.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_evaluate_one, str(profile.path), stage, run, fp): run for run, fp in pending}
+            futures = {pool.submit(evaluate_one, str(profile.path), stage, run, fp): run for run, fp in pending}
             for future, run in futures.items():
                 summaries[run] = future.result()
                 bar.update()
     else:
-        for run, fingerprint in pending:
-            summaries[run] = _evaluate_one(str(profile.path), stage, run, fingerprint)
+        for run, key in pending:
+            summaries[run] = evaluate_one(str(profile.path), stage, run, key)
             bar.update()
     bar.close()
     _remove_stale(profile, stage, dataset, runs)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lipbench.losses import make_loss
+from lipbench.losses import Reduce, make_loss
 from lipbench.methods.architectures import KITS, build_model
 from lipbench.registry import Registry
 
@@ -102,9 +102,21 @@ class Method:
     ) -> nn.Sequential:
         return build_model(architecture, self.kit, input_shape, num_classes, correction)
 
-    def loss_function(self, binary: bool, params: Mapping[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
+    def loss_function(
+        self, binary: bool, params: Mapping[str, Any], reduce: Reduce | None = None
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """``loss(outputs, labels)`` of this method.
+
+        ``reduce`` (data-parallel training): sums a detached count tensor over ranks. A
+        method whose ``loss_function`` takes ``reduce`` promises a loss built from local
+        sums over *global* normalisers (pass it on to :func:`~lipbench.losses.make_loss`),
+        so that the ranks' losses add up to the single-process loss of the whole batch.
+        Overrides with the older signature ``loss_function(self, binary, params)`` keep
+        working: the trainer then normalises each rank's loss over its own shard (see
+        :mod:`lipbench.train.distributed`).
+        """
         loss_params = {key: params[key] for key in self.defaults}
-        return make_loss(self.loss, binary=binary, **loss_params, **self.fixed)
+        return make_loss(self.loss, binary=binary, reduce=reduce, **loss_params, **self.fixed)
 
     def training_inputs(
         self,

@@ -134,8 +134,9 @@ def build_entry(
 
 
 def external_entries_dir(profile: Profile) -> Path:
-    """Where ``lipbench evaluate`` puts entries of externally trained checkpoints."""
-    return profile.path_of("reports") / "external"
+    """Where ``lipbench evaluate`` puts entries of externally trained checkpoints (git-tracked,
+    a dependency of the report stage)."""
+    return profile.path_of("metrics") / "external"
 
 
 def collect_entries(profile: Profile) -> list[dict[str, Any]]:
@@ -147,7 +148,9 @@ def collect_entries(profile: Profile) -> list[dict[str, Any]]:
     metrics_root = profile.path_of("metrics")
     for dataset in profile.datasets:
         headline = evaluation_settings(profile, dataset).headline_eps
-        stages = {stage: read_json(stage_metrics_path(profile, stage, dataset))["models"] for stage in ("certify", "attack", "verify")}
+        stages = {
+            stage: read_json(stage_metrics_path(profile, stage, dataset))["models"] for stage in ("certify", "attack", "verify")
+        }
         for model in profile.models:
             for seed in profile.seeds:
                 config = config_from_profile(profile, dataset, model, seed)
@@ -204,7 +207,7 @@ def _row(position: int, entry: Mapping[str, Any]) -> list[str]:
     status = entry["verification"]["status"]
     return [
         str(position),
-        entry["model"] + (" (seed %d)" % entry["seed"]),
+        f"{entry['model']} (seed {entry['seed']})",
         entry["name"],
         entry["architecture"],
         _fmt(entry["clean_acc"]),

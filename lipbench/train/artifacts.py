@@ -23,7 +23,16 @@ from lipbench.io import atomic_path
 from lipbench.methods import get_method
 from lipbench.nn import export
 
-__all__ = ["WEIGHTS_FORMAT", "ModelMetadata", "save_weights", "load_weights", "build_from_metadata"]
+__all__ = [
+    "WEIGHTS_FORMAT",
+    "ModelMetadata",
+    "save_weights",
+    "save_plain_weights",
+    "load_weights",
+    "build_from_metadata",
+    "read_safetensors",
+    "check_state_dict",
+]
 
 WEIGHTS_FORMAT = "lipbench-weights-1"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
@@ -78,6 +87,13 @@ def build_from_metadata(metadata: ModelMetadata) -> nn.Sequential:
     return method.build_model(metadata.input_shape, metadata.num_classes, metadata.architecture, metadata.conv_correction)
 
 
+def save_plain_weights(path: str | Path, plain: nn.Module, metadata: ModelMetadata) -> None:
+    """Write an already exported model's weights (``exported.*`` only) with lipbench metadata."""
+    tensors = {f"exported.{k}": v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata.to_strings())
+
+
 def save_weights(path: str | Path, model: nn.Module, metadata: ModelMetadata) -> None:
     """Write exported and constrained weights atomically (temp file + rename)."""
     tensors = {f"exported.{k}": v.detach().cpu().contiguous() for k, v in export(model).state_dict().items()}
@@ -101,6 +117,35 @@ def _looks_like_pickle(path: Path) -> bool:
     return pickle_protocol or head == b"PK\x03\x04"  # raw pickle, or torch.save's zip container
 
 
+def read_safetensors(path: Path, device: str = "cpu") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file. Pickle checkpoints (by suffix, or by their
+    magic bytes once safetensors cannot parse the file) are refused and never unpickled."""
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise ValueError(_pickle_message(path))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return metadata, load_file(str(path), device=device)
+    except (SafetensorError, OSError) as error:
+        if _looks_like_pickle(path):
+            raise ValueError(_pickle_message(path)) from None
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def check_state_dict(model: nn.Module, tensors: Mapping[str, torch.Tensor], context: str) -> None:
+    """Raise ``ValueError`` (``context: problems``) unless ``tensors`` fit ``model`` exactly."""
+    expected = model.state_dict()
+    problems = [f"missing {key}" for key in sorted(set(expected) - set(tensors))]
+    problems += [f"unexpected {key}" for key in sorted(set(tensors) - set(expected))]
+    problems += [
+        f"{key} has shape {tuple(tensors[key].shape)}, the architecture needs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in tensors and tensors[key].shape != value.shape
+    ]
+    if problems:
+        raise ValueError(f"{context}: {'; '.join(problems[:10])}")
+
+
 def load_weights(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Sequential, ModelMetadata]:
     """The exported plain model (eval mode) and its metadata.
 
@@ -110,36 +155,13 @@ def load_weights(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
-        raise ValueError(_pickle_message(path))
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw_metadata = handle.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
-    except (SafetensorError, OSError) as error:
-        if _looks_like_pickle(path):
-            raise ValueError(_pickle_message(path)) from None
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    raw_metadata, tensors = read_safetensors(path, str(device))
     metadata = ModelMetadata.from_strings(raw_metadata, str(path))
     plain = export(build_from_metadata(metadata))
     exported = {k.removeprefix("exported."): v for k, v in tensors.items() if k.startswith("exported.")}
-    expected = plain.state_dict()
-    problems = []
-    missing = sorted(set(expected) - set(exported))
-    unexpected = sorted(set(exported) - set(expected))
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected)}")
-    problems += [
-        f"{name} has shape {tuple(exported[name].shape)}, the architecture needs {tuple(tensor.shape)}"
-        for name, tensor in expected.items()
-        if name in exported and exported[name].shape != tensor.shape
-    ]
-    if problems:
-        raise ValueError(
-            f"{path}: weights do not match {metadata.method}'s {metadata.architecture} architecture for "
-            f"{metadata.dataset}: {'; '.join(problems)}"
-        )
+    check_state_dict(
+        plain, exported,
+        f"{path}: weights do not match {metadata.method}'s {metadata.architecture} architecture for {metadata.dataset}",
+    )
     plain.load_state_dict(exported)
     return plain.to(device).eval(), metadata

@@ -16,11 +16,29 @@ __all__ = ["Recipe", "TrainConfig", "resolve_train_config"]
 _OPTIMIZERS = ("adam", "sgd")
 _SCHEDULES = ("constant", "cosine")
 _CORRECTIONS = ("strict", "lambda")
+_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train: optimiser, epochs, batch size, schedule, architecture options."""
+    """How to train: optimiser, epochs, batch size, schedule, architecture options.
+
+    ``batch_size`` is the global batch: under ``torchrun`` each rank takes its contiguous
+    shard of every batch (see :mod:`lipbench.train.distributed`).
+
+    Speed options (both change the trained weights slightly, so both are part of the
+    config's fingerprint and of ``metrics.json``'s ``recipe``):
+
+    * ``precision``: ``"fp32"`` (default) or ``"bf16"``: the network's forward runs under
+      ``torch.autocast(bfloat16)`` on CUDA and CPU, i.e. its linear and convolution
+      products (and the activations/pooling between them) run in bfloat16. The
+      parametrisations (spectral normalisation, Björck, row normalisation) are computed
+      once per step in fp32 outside autocast, the loss is computed in fp32 on the logits,
+      and the parameters, their gradients and the optimiser state stay fp32. Certificates
+      are computed later in fp32 on the exported model, so they stay strict.
+    * ``compile``: ``torch.compile`` the model's forward (off by default; torch's
+      compiler is only imported when on).
+    """
 
     epochs: int
     batch_size: int
@@ -31,6 +49,8 @@ class Recipe:
     architecture: str | None = None
     conv_correction: str = "strict"
     eval_batch_size: int = 1024
+    precision: str = "fp32"
+    compile: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], where: str) -> Recipe:
@@ -61,9 +81,12 @@ class Recipe:
             ("optimizer", self.optimizer, _OPTIMIZERS),
             ("schedule", self.schedule, _SCHEDULES),
             ("conv_correction", self.conv_correction, _CORRECTIONS),
+            ("precision", self.precision, _PRECISIONS),
         ):
             if value not in allowed:
                 raise ValueError(f"{where}: {name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"{where}: compile must be true or false, got {self.compile!r}")
         if self.architecture is not None and self.architecture not in ARCHITECTURES:
             raise ValueError(f"{where}: unknown architecture {self.architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
 

@@ -4,24 +4,32 @@ Determinism: the seed fixes the initial weights; each epoch's batch order and ea
 epoch's adversarial-start noise come from generators seeded by ``(seed, epoch)``; and
 deterministic algorithms are on. A run resumed from an epoch checkpoint therefore
 replays exactly the uninterrupted run (on CPU; GPU kernels may differ run to run).
+
+Under ``torchrun`` the same loop trains with DistributedDataParallel: see
+:mod:`lipbench.train.distributed` for the data sharding, the loss and gradient
+equivalence with one process, rank-0-only writes and the consistent NaN guard. The
+recipe's ``precision`` (bf16 autocast) and ``compile`` (torch.compile) are applied here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import resource
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
 from lipbench.data import DatasetSplits
@@ -30,6 +38,13 @@ from lipbench.evaluate.certify import predictions
 from lipbench.io import atomic_path
 from lipbench.methods import get_method
 from lipbench.train.config import TrainConfig
+from lipbench.train.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    ShardedBatchSampler,
+    distributed_session,
+    make_step_loss,
+)
 
 __all__ = ["TrainingDivergedError", "TrainResult", "train_model", "accuracy", "set_determinism"]
 
@@ -51,6 +66,9 @@ class TrainResult:
     seconds_per_epoch: list[float]
     resumed_from_epoch: int | None
     peak_memory_mb: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
 
 
 def set_determinism(seed: int, device: torch.device) -> None:
@@ -75,30 +93,76 @@ def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 7 + stream) % 2**63)
 
 
+def _attack_generator(seed: int, epoch: int, context: DistributedContext) -> torch.Generator:
+    """The adversarial-start noise of one epoch: rank 0 (or a single process) draws the
+    usual stream; other ranks draw their own, so that shards get independent noise (a
+    rank draws noise for its shard only, so adversarial inputs are not bit-equal to a
+    single process's under DDP)."""
+    generator = _generator(seed, epoch, stream=1)
+    if context.rank == 0:
+        return generator
+    return torch.Generator().manual_seed((generator.initial_seed() * 1_000_033 + context.rank) % 2**63)
+
+
+def _collate_or_none(items: list[Any]) -> Any:
+    return default_collate(items) if items else None
+
+
 def _batches(
-    dataset: Dataset, batch_size: int, generator: torch.Generator, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled batches; tensor-backed datasets are sliced without a DataLoader."""
+    dataset: Dataset,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    context: DistributedContext = SINGLE_PROCESS,
+) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """Shuffled batches ``(x, y, global batch size)``; tensor-backed datasets are sliced
+    without a DataLoader. Distributed: this rank's contiguous shard of each global batch."""
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None:
         x, y = tensors
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
             index = order[start : start + batch_size]
-            yield x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+            size = len(index)
+            if context.enabled:
+                first, stop = context.shard_bounds(size)
+                index = index[first:stop]
+            yield x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True), size
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0)
-    for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if not context.enabled:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=0)
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), len(y)
+        return
+    sampler = ShardedBatchSampler(len(dataset), batch_size, generator, context)
+    # generator=: the loader draws its base seed from it before the sampler's permutation,
+    # as the shuffling loader of one process does, so both walk the same permutation.
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0, collate_fn=_collate_or_none, generator=generator)
+    for step, batch in enumerate(loader):
+        if batch is None:  # an empty shard (a batch smaller than the number of ranks)
+            sample_x, sample_y = default_collate([dataset[0]])
+            batch = sample_x[:0], sample_y[:0]
+        x, y = batch
+        size = min(batch_size, len(dataset) - step * batch_size)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), size
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> float:
-    """Clean accuracy of ``model`` in eval mode (restores its mode)."""
+def accuracy(
+    model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, context: DistributedContext = SINGLE_PROCESS
+) -> float:
+    """Clean accuracy of ``model`` in eval mode (restores its mode). Distributed: each rank
+    evaluates its contiguous slice of ``dataset`` and the counts are all-reduced."""
     was_training = model.training
     model.eval()
     correct = total = 0
     tensors = getattr(dataset, "tensors", None)
+    if context.enabled:
+        first, stop = context.shard_bounds(len(dataset))
+        if tensors is not None:
+            tensors = tuple(t[first:stop] for t in tensors)
+        else:
+            dataset = Subset(dataset, range(first, stop))
     chunks = (
         zip(tensors[0].split(batch_size), tensors[1].split(batch_size))
         if tensors is not None
@@ -109,6 +173,9 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
         correct += int((predictions(model(x)) == y).sum())
         total += len(y)
     model.train(was_training)
+    if context.enabled:
+        counts = context.reduce_sum(torch.tensor([correct, total], dtype=torch.long, device=context.device_hint()))
+        correct, total = int(counts[0]), int(counts[1])
     return correct / max(total, 1)
 
 
@@ -148,17 +215,19 @@ def _save_checkpoint(
         torch.save(payload, temporary)
 
 
-def _load_checkpoint(path: Path | None, fingerprint: str, device: torch.device) -> dict[str, Any] | None:
+def _load_checkpoint(path: Path | None, fingerprint: str, device: torch.device, talk: bool = True) -> dict[str, Any] | None:
     """Our own checkpoint if it exists and belongs to this exact config (weights_only load)."""
     if path is None or not path.is_file():
         return None
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # a truncated or foreign file: start over rather than guess
-        tqdm.write(f"lipbench train: ignoring unreadable checkpoint {path} ({error}); starting from scratch")
+        if talk:
+            tqdm.write(f"lipbench train: ignoring unreadable checkpoint {path} ({error}); starting from scratch")
         return None
     if payload.get("format") != CHECKPOINT_FORMAT or payload.get("fingerprint") != fingerprint:
-        tqdm.write(f"lipbench train: checkpoint {path} is from another configuration, code or data; starting from scratch")
+        if talk:
+            tqdm.write(f"lipbench train: checkpoint {path} is from another configuration, code or data; starting from scratch")
         return None
     return payload
 
@@ -185,6 +254,28 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
+def _parametrized(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [
+        (module, name)
+        for module in model.modules()
+        if parametrize.is_parametrized(module)
+        for name in module.parametrizations
+    ]
+
+
+def _precision_context(precision: str, device: torch.device, parametrized: list[tuple[nn.Module, str]]) -> ExitStack:
+    """bf16: autocast for the step, with the parametrised weights (spectral normalisation,
+    Björck, row normalisation) computed first, once, in fp32 and cached for the step's
+    forward passes. fp32: nothing (the step runs exactly as without this)."""
+    stack = ExitStack()
+    if precision == "bf16":
+        stack.enter_context(parametrize.cached())
+        for module, name in parametrized:
+            getattr(module, name)  # computed outside autocast: fp32, cached until the step ends
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=torch.bfloat16))
+    return stack
+
+
 def train_model(
     config: TrainConfig,
     splits: DatasetSplits,
@@ -195,61 +286,90 @@ def train_model(
     """Train one run; resume from ``checkpoint_path`` when it holds this config's state.
 
     Raises :class:`TrainingDivergedError` (naming epoch and step) on a non-finite loss,
-    leaving the last good checkpoint in place.
+    leaving the last good checkpoint in place. Under ``torchrun`` (or inside an open
+    process group) every rank calls this; rank 0 alone writes the checkpoint.
     """
+    with distributed_session(device) as (context, device):
+        return _train(config, splits, device, checkpoint_path, progress, context)
+
+
+def _train(
+    config: TrainConfig,
+    splits: DatasetSplits,
+    device: torch.device,
+    checkpoint_path: Path | None,
+    progress: bool,
+    context: DistributedContext,
+) -> TrainResult:
+    recipe = config.recipe
     method = get_method(config.method)
+    if recipe.compile:
+        importlib.import_module("torch._inductor.config")  # so set_determinism sets inductor's deterministic flag
     set_determinism(config.seed, device)
-    model = method.build_model(config.input_shape, config.num_classes, config.architecture, config.recipe.conv_correction)
+    model = method.build_model(config.input_shape, config.num_classes, config.architecture, recipe.conv_correction)
     model = model.to(device)
     optimizer = _optimizer(config, model)
-    loss_function = method.loss_function(binary=config.num_classes == 2, params=config.method_params)
+    step_loss = make_step_loss(method, config.num_classes == 2, config.method_params, context)
     bounds = splits.info.bounds
     history: list[dict[str, Any]] = []
     start_epoch = 0
     fingerprint = run_fingerprint(config, data_fingerprint(splits))
-    checkpoint = _load_checkpoint(checkpoint_path, fingerprint, device)
+    checkpoint = _load_checkpoint(checkpoint_path, fingerprint, device, talk=context.is_main)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         history = list(checkpoint["history"])
         start_epoch = int(checkpoint["epoch"])
+    context.agree(start_epoch, "the epoch to resume from")
+    parametrized = _parametrized(model)
+    if recipe.compile:
+        model.compile()  # in place: the state dict keeps its keys
+    trained = context.wrap(model, device)  # DDP when distributed; ``model`` stays the plain module
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     label = f"{config.dataset}/{config.model}/seed{config.seed}"
-    for epoch in range(start_epoch, config.recipe.epochs):
+    writes = checkpoint_path if context.is_main else None
+    for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, epoch)
-        model.train()
+        trained.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         seen = 0
-        attack_generator = _generator(config.seed, epoch, stream=1)
+        attack_generator = _attack_generator(config.seed, epoch, context)
         steps = tqdm(
-            _batches(splits.train, config.recipe.batch_size, _generator(config.seed, epoch, stream=0), device),
-            total=math.ceil(len(splits.train) / config.recipe.batch_size),
-            desc=f"{label} epoch {epoch + 1}/{config.recipe.epochs}",
-            disable=not progress,
+            _batches(splits.train, recipe.batch_size, _generator(config.seed, epoch, stream=0), device, context),
+            total=math.ceil(len(splits.train) / recipe.batch_size),
+            desc=f"{label} epoch {epoch + 1}/{recipe.epochs}",
+            disable=not (progress and context.is_main),
             leave=False,
         )
-        for step, (x, y) in enumerate(steps):
-            inputs = method.training_inputs(model, x, y, loss_function, config.method_params, bounds, attack_generator)
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(inputs)
-            loss = loss_function(outputs, y)
+        for step, (x, y, global_size) in enumerate(steps):
+            with _precision_context(recipe.precision, device, parametrized):
+                # The method's hooks (attacks) get the plain module: its parameters are every rank's.
+                inputs = method.training_inputs(model, x, y, step_loss.function, config.method_params, bounds, attack_generator)
+                optimizer.zero_grad(set_to_none=True)
+                outputs = trained(inputs)
+                if recipe.precision != "fp32":
+                    outputs = outputs.float()
+                loss, value = step_loss(outputs, y, global_size)
             # Track the first non-finite step on the device; look at it every step on CPU
             # and every _CHECK_EVERY steps on GPUs (a host sync per step would stall them).
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()), step, first_bad_step)
+            # ``value`` is the all-reduced loss of the global batch: non-finite on every
+            # rank as soon as it is on one, so all ranks stop at the same step.
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(value), step, first_bad_step)
             if device.type == "cpu" or step % _CHECK_EVERY == _CHECK_EVERY - 1:
-                _raise_if_diverged(first_bad_step, loss, label, epoch, checkpoint_path)
+                _raise_if_diverged(first_bad_step, value, label, epoch, checkpoint_path)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach().double() * len(y)
+            loss_sum += value * global_size
             correct += (predictions(outputs.detach()) == y).sum()
-            seen += len(y)
+            seen += global_size
         _raise_if_diverged(first_bad_step, loss_sum, label, epoch, checkpoint_path)
-        test_accuracy = accuracy(model, splits.test, config.recipe.eval_batch_size, device)
+        correct = context.reduce_sum(correct)
+        test_accuracy = accuracy(model, splits.test, recipe.eval_batch_size, device, context)
         history.append(
             {
                 "epoch": epoch + 1,
@@ -259,18 +379,21 @@ def train_model(
                 "seconds": time.perf_counter() - started,
             }
         )
-        if progress:
+        if progress and context.is_main:
             tqdm.write(f"{label} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {test_accuracy:.4f}")
-        if checkpoint_path is not None:
-            _save_checkpoint(checkpoint_path, fingerprint, model, optimizer, epoch + 1, history)
+        if writes is not None:
+            _save_checkpoint(writes, fingerprint, model, optimizer, epoch + 1, history)
     model.eval()
     return TrainResult(
         model=model,
         history=history,
-        train_accuracy=accuracy(model, splits.train, config.recipe.eval_batch_size, device),
-        test_accuracy=accuracy(model, splits.test, config.recipe.eval_batch_size, device),
+        train_accuracy=accuracy(model, splits.train, recipe.eval_batch_size, device, context),
+        test_accuracy=accuracy(model, splits.test, recipe.eval_batch_size, device, context),
         final_loss=history[-1]["train_loss"] if history else float("nan"),
         seconds_per_epoch=[row["seconds"] for row in history],
         resumed_from_epoch=start_epoch if checkpoint is not None else None,
         peak_memory_mb=_peak_memory_mb(device),
+        rank=context.rank,
+        world_size=context.world_size,
+        backend=context.backend,
     )

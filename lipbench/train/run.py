@@ -3,6 +3,9 @@
 Outputs: in ``out_dir`` (DVC-cached, git-ignored) ``weights.safetensors`` and
 ``checkpoint.pt`` (resume state); in ``metrics_dir`` (small, git-tracked) ``metrics.json``
 (results + run record) and ``history.json`` (per-epoch rows for ``dvc plots``).
+
+Under ``torchrun`` every rank trains and rank 0 alone writes these files (see
+:mod:`lipbench.train.distributed`).
 """
 
 from __future__ import annotations
@@ -11,18 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lipbench.data import get_dataset, load_dataset
+from lipbench.devices import resolve_device
 from lipbench.environment import environment_record
 from lipbench.io import write_json_atomic
 from lipbench.methods import get_method
 from lipbench.profiles import Profile
 from lipbench.train.artifacts import ModelMetadata, save_weights
 from lipbench.train.config import TrainConfig, resolve_train_config
+from lipbench.train.distributed import is_main_process
 from lipbench.train.loop import train_model
 
-__all__ = ["resolve_device", "config_from_profile", "run_training", "OUTPUT_FILES"]
+__all__ = ["config_from_profile", "run_training", "OUTPUT_FILES"]
 
 OUTPUT_FILES = {
     "weights": "weights.safetensors",
@@ -30,16 +33,6 @@ OUTPUT_FILES = {
     "history": "history.json",
     "checkpoint": "checkpoint.pt",
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, CPU otherwise; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but no CUDA device is available; use 'auto' or 'cpu'")
-    return device
 
 
 def config_from_profile(profile: Profile, dataset: str, model: str, seed: int) -> TrainConfig:
@@ -63,12 +56,15 @@ def run_training(
     device_name: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and write the outputs; returns the metrics written to ``metrics.json``."""
+    """Train and write the outputs; returns the metrics written to ``metrics.json``.
+
+    Distributed (torchrun): every rank returns the metrics, rank 0 alone writes."""
     started = time.perf_counter()
     config = config_from_profile(profile, dataset, model, seed)
     device = resolve_device(device_name or profile.device())
     splits = load_dataset(dataset, profile.path_of("data"), profile.prepare_params(dataset))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
     result = train_model(config, splits, device, out_dir / OUTPUT_FILES["checkpoint"], progress)
     method = get_method(config.method)
     metadata = ModelMetadata(
@@ -81,9 +77,7 @@ def run_training(
         method_params=config.method_params,
         conv_correction=config.recipe.conv_correction,
     )
-    save_weights(out_dir / OUTPUT_FILES["weights"], result.model, metadata)
     history = [{key: value for key, value in row.items() if key != "seconds"} for row in result.history]
-    write_json_atomic(metrics_dir / OUTPUT_FILES["history"], history)
     metrics = {
         "dataset": dataset,
         "model": model,
@@ -108,7 +102,11 @@ def run_training(
             "resumed_from_epoch": result.resumed_from_epoch,
         },
         "peak_memory_mb": result.peak_memory_mb,
-        "environment": environment_record(device, seed),
+        "environment": environment_record(device, seed)
+        | {"distributed": {"world_size": result.world_size, "backend": result.backend}},
     }
-    write_json_atomic(metrics_dir / OUTPUT_FILES["metrics"], metrics)
+    if result.rank == 0:
+        save_weights(out_dir / OUTPUT_FILES["weights"], result.model, metadata)
+        write_json_atomic(metrics_dir / OUTPUT_FILES["history"], history)
+        write_json_atomic(metrics_dir / OUTPUT_FILES["metrics"], metrics)
     return metrics

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from lipbench.data import get_dataset
+from lipbench.evaluate.run import evaluation_settings
 from lipbench.profiles import load_profile
 from lipbench.train import config_from_profile
 
@@ -41,6 +42,8 @@ def test_every_run_of_every_profile_resolves(profile):
     loaded = load_profile(PROFILES[profile])
     for dataset in loaded.datasets:
         get_dataset(dataset)
+        settings = evaluation_settings(loaded, dataset)
+        assert settings.headline_eps in settings.epsilons and settings.attacks
         for method in loaded.models:
             for seed in loaded.seeds:
                 config = config_from_profile(loaded, dataset, method, seed)
@@ -58,7 +61,8 @@ def _copy_repository(destination: Path) -> None:
     for extra in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy2(REPO / extra, destination / extra)
     shutil.copytree(REPO / ".dvc", destination / ".dvc", dirs_exist_ok=True, ignore=shutil.ignore_patterns("tmp", "cache"))
-    shutil.copytree(REPO / "lipbench", destination / "lipbench", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("lipbench", "reports/notebooks"):
+        shutil.copytree(REPO / folder, destination / folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def test_dvc_repro_runs_a_tiny_profile_in_a_copy_of_the_repository(tmp_path):
@@ -80,6 +84,10 @@ def test_dvc_repro_runs_a_tiny_profile_in_a_copy_of_the_repository(tmp_path):
     for method in ("hkr", "standard"):
         assert (tmp_path / f"data/quick/models/moons/{method}/seed0/weights.safetensors").is_file()
         assert (tmp_path / f"reports/quick/metrics/train/moons/{method}/seed0/metrics.json").is_file()
+    for stage in ("certify", "attack", "verify"):
+        assert (tmp_path / f"reports/quick/metrics/{stage}/moons.json").is_file()
+    assert "hkr (seed 0)" in (tmp_path / "reports/quick/leaderboard.md").read_text()
+    assert (tmp_path / "reports/quick/index.html").is_file()
     started = time.monotonic()
     second = subprocess.run([*dvc, "repro"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert second.returncode == 0 and "Data and pipelines are up to date" in second.stdout

@@ -1,0 +1,1 @@
+"""Example third-party lipbench method (see method.py)."""

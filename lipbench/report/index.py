@@ -1,0 +1,159 @@
+"""``index.html``: one page linking every figure, table, notebook and leaderboard file of a
+report, with the environment the results came from and each stage's runtime.
+
+The page holds no build time or date, so an unchanged report rebuilds byte-identically.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lipbench.profiles import Profile
+from lipbench.report.inputs import STAGES, ModelKey, model_keys, read_stage, read_train, stage_summary
+from lipbench.report.tables import Table
+
+__all__ = ["environment_rows", "runtime_tables", "render_index"]
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px}"
+    "th{background:#f2f2f2}td.n{text-align:right}figure{display:inline-block;margin:0.5em;vertical-align:top;"
+    "max-width:560px}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em}"
+    "h2{border-bottom:2px solid #ddd;padding-bottom:0.2em;margin-top:1.5em}.note{color:#555;font-size:0.9em}"
+)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _link(path: str, text: str | None = None) -> str:
+    return f"<a href='{_e(path)}'>{_e(text or path)}</a>"
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]], numeric_from: int = 99) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = "".join(f"<td class='n'>{_e(v)}</td>" if i >= numeric_from else f"<td>{_e(v)}</td>" for i, v in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _distinct(values: Iterable[Any]) -> str:
+    seen: list[str] = []
+    for value in values:
+        text = "-" if value is None or value == "" else str(value)
+        if text not in seen:
+            seen.append(text)
+    return ", ".join(seen) if seen else "-"
+
+
+def environment_rows(profile: Profile) -> list[tuple[str, str]]:
+    """(field, value) rows: versions, hardware and git commit of the training and evaluation runs."""
+    train_envs = [read_train(profile, key).get("environment", {}) for key in model_keys(profile)]
+    eval_envs = [
+        stage_summary(read_stage(profile, stage, key.dataset), key).get("environment", {})
+        for stage in STAGES
+        for key in model_keys(profile)
+    ]
+    rows = [("profile", f"{profile.name} ({profile.path})"), ("datasets", ", ".join(profile.datasets)),
+            ("models", ", ".join(profile.models)), ("seeds", ", ".join(map(str, profile.seeds)))]
+    packages = sorted({name for env in train_envs + eval_envs for name in env.get("versions", {})})
+    rows += [(f"version: {name}", _distinct(env.get("versions", {}).get(name) for env in train_envs + eval_envs))
+             for name in packages]
+    for field in ("device", "cpu_count", "torch_threads", "platform", "glibc_tunables"):
+        rows.append((f"training {field}", _distinct(env.get(field) for env in train_envs)))
+        rows.append((f"evaluation {field}", _distinct(env.get(field) for env in eval_envs)))
+    rows.append(("git commit", _distinct(env.get("git_commit") for env in train_envs + eval_envs)))
+    return rows
+
+
+def _seconds(value: Any) -> tuple[float, str]:
+    """A summary's ``seconds``: a number, or {attack: seconds} summed (breakdown as text)."""
+    if isinstance(value, Mapping):
+        parts = ", ".join(f"{k} {float(v):.1f}" for k, v in value.items())
+        return float(sum(float(v) for v in value.values())), parts
+    return (float("nan"), "") if value is None else (float(value), "")
+
+
+def runtime_tables(profile: Profile) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """Rows of: training per model; each stage per dataset; each stage per model."""
+    train_rows, stage_rows, model_rows = [], [], []
+    for key in model_keys(profile):
+        train = read_train(profile, key)
+        timing = train.get("timing", {})
+        per_epoch = timing.get("seconds_per_epoch") or []
+        train_rows.append([key.dataset, key.model, str(key.seed), str(train.get("epochs", len(per_epoch))),
+                           f"{np.mean(per_epoch):.3f}" if per_epoch else "-", f"{timing.get('train_seconds', float('nan')):.1f}",
+                           f"{timing.get('wall_seconds', float('nan')):.1f}"])
+    for dataset in profile.datasets:
+        jsons = {stage: read_stage(profile, stage, dataset) for stage in STAGES}
+        stage_rows.append([dataset, *[f"{_seconds(jsons[s].get('seconds'))[0]:.1f}" for s in STAGES],
+                           ", ".join(sorted({str(len(jsons[s].get("recomputed", []))) for s in STAGES}))])
+        for model in profile.models:
+            for seed in profile.seeds:
+                key = ModelKey(dataset, model, seed)
+                cells, notes = [], []
+                for stage in STAGES:
+                    total, breakdown = _seconds(stage_summary(jsons[stage], key).get("seconds"))
+                    cells.append(f"{total:.2f}")
+                    if breakdown:
+                        notes.append(f"{stage}: {breakdown}")
+                model_rows.append([dataset, model, str(seed), *cells, "; ".join(notes)])
+    return train_rows, stage_rows, model_rows
+
+
+def _figures_html(figures: Sequence[Path], root: Path) -> str:
+    stems: dict[str, list[Path]] = {}
+    for path in sorted(figures):
+        stems.setdefault(path.stem, []).append(path)
+    parts = []
+    for stem, paths in stems.items():
+        png = _e(next((p for p in paths if p.suffix == ".png"), paths[0]).relative_to(root).as_posix())
+        links = " | ".join(_link(p.relative_to(root).as_posix(), p.suffix[1:].upper()) for p in paths)
+        parts.append(f"<figure><a href='{png}'><img src='{png}' "
+                     f"alt='{_e(stem)}' loading='lazy'></a><figcaption>{_e(stem)}: {links}</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def render_index(
+    profile: Profile,
+    root: Path,
+    figures: Sequence[Path],
+    tables: Sequence[Table],
+    plots: Sequence[Path],
+    notebooks: Sequence[Path],
+    leaderboard: Mapping[str, Path],
+) -> str:
+    """The HTML of ``index.html`` for a report whose files live under ``root``."""
+    rel = lambda path: Path(path).relative_to(root).as_posix()  # noqa: E731
+    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+             f"<title>lipbench report ({_e(profile.name)})</title><style>{_STYLE}</style></head><body>",
+             f"<h1>lipbench report: {_e(profile.name)} profile</h1>",
+             "<p class='note'>Benchmark of 1-Lipschitz classifiers (Serrurier et al., CVPR 2021, hKR). Generated by "
+             "<code>lipbench report</code> from the pipeline's outputs; rebuild with <code>dvc repro</code>.</p>",
+             "<h2>Leaderboard</h2><p>" + " | ".join(_link(rel(p), f"leaderboard.{k}") for k, p in leaderboard.items()) + "</p>",
+             "<h2>Notebooks</h2><ul>" + "".join(f"<li>{_link(rel(p), p.stem)}</li>" for p in notebooks) + "</ul>",
+             "<h2>Figures</h2>", _figures_html(figures, root), "<h2>Tables</h2>"]
+    for table in tables:
+        links = " | ".join(_link(f"tables/{table.name}.{s}", s.upper()) for s in ("md", "csv", "tex"))
+        parts += [f"<h3>{_e(table.title)}</h3><p>{links}</p>", _table(table.columns, table.rows, numeric_from=3)]
+        parts += [f"<p class='note'>{_e(note)}</p>" for note in table.notes]
+    parts.append("<h2>Data behind <code>dvc plots</code></h2><ul>"
+                 + "".join(f"<li>{_link(rel(p))}</li>" for p in sorted(plots)) + "</ul>")
+    parts += ["<h2>Environment</h2>", _table(("field", "value"), environment_rows(profile))]
+    train_rows, stage_rows, model_rows = runtime_tables(profile)
+    parts += ["<h2>Runtimes</h2><h3>train (per model)</h3>",
+              _table(("dataset", "model", "seed", "epochs", "s / epoch", "train s", "wall s"), train_rows, numeric_from=3),
+              "<h3>certify, attack, verify (per dataset, seconds)</h3>",
+              _table(("dataset", *STAGES, "models recomputed"), stage_rows, numeric_from=1),
+              "<h3>certify, attack, verify (per model, seconds)</h3>",
+              _table(("dataset", "model", "seed", *STAGES, "breakdown"), model_rows, numeric_from=3),
+              "</body></html>"]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,229 @@
+"""The certify, attack and verify stages on small trained digits models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from lipbench.cli.main import main
+from lipbench.data import load_dataset, prepare_dataset, take_tensors
+from lipbench.evaluate import run as stages
+from lipbench.evaluate.attacks import run_attack_suite
+from lipbench.evaluate.run import VerificationFailed, evaluation_settings, run_stage
+from lipbench.profiles import ProfileError, load_profile
+from lipbench.registry import RegistryError
+from lipbench.train import load_weights, run_training
+
+FAST_ATTACKS = {
+    "pgd_l2": {"steps": 10, "rel_stepsize": 0.2},
+    "cw_l2": {"steps": 30, "binary_search_steps": 3},
+    "autoattack_l2": {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 10},
+}
+
+
+def write_params(folder: Path, **evaluate_overrides) -> Path:
+    evaluate = {
+        "epsilons": [0.1, 0.3],
+        "certify_points": 120,
+        "attack_points": 40,
+        "deepfool_points": 60,
+        "attacks": ["fgm", "pgd_l2", "cw_l2", "deepfool_l2", "autoattack_l2"],
+        "attack_options": FAST_ATTACKS,
+    } | evaluate_overrides
+    params = {
+        "profile": "tiny",
+        "root": ".",
+        "params_file": "params.yaml",
+        "paths": {key: str(folder / key) for key in ("data", "models", "evaluation", "metrics", "reports")},
+        "datasets": ["digits"],
+        "methods": ["hkr", "standard"],
+        "seeds": [0],
+        "prepare": {"mirror": "", "digits": {"seed": 0, "test_fraction": 0.25}},
+        "train": {
+            "device": "cpu",
+            "digits": {
+                "recipe": {"epochs": 4, "batch_size": 64, "learning_rate": 0.005},
+                "hkr": {"alpha": 50.0, "margin": 0.3},
+                "standard": {},
+            },
+        },
+        "evaluate": {"device": "cpu", "batch_size": 64, "workers": 1,
+                     "verify": {"ascent_steps": 3, "audit_points": 40, "audit_steps": 10, "layer_power_iterations": 10},
+                     "digits": evaluate},
+    }
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny profile with hkr and standard digits models trained (module-scoped: ~10 s)."""
+    folder = tmp_path_factory.mktemp("stages")
+    params = write_params(folder)
+    profile = load_profile(params)
+    prepare_dataset("digits", profile.path_of("data"), profile.prepare_params("digits"))
+    for method in profile.models:
+        out = profile.path_of("models") / "digits" / method / "seed0"
+        run_training(profile, "digits", method, 0, out, profile.path_of("metrics") / "train" / "digits" / method / "seed0",
+                     progress=False)
+    return params
+
+
+def test_stages_run_certify_attack_verify_and_reuse_unchanged_models(trained):
+    profile = load_profile(trained)
+    for stage in ("certify", "attack", "verify"):
+        metrics = run_stage(profile, stage, "digits", progress=False)
+        assert sorted(metrics["models"]) == ["hkr", "standard"]
+        assert set(metrics["recomputed"]) == {"digits/hkr/seed0", "digits/standard/seed0"}
+    verify = json.loads((profile.path_of("metrics") / "verify" / "digits.json").read_text())
+    assert {s["seed0"]["status"] for s in verify["models"].values()} == {"verified"}
+    attack = json.loads((profile.path_of("metrics") / "attack" / "digits.json").read_text())
+    summary = attack["models"]["hkr"]["seed0"]
+    assert len(summary["pruned_call_ratio"]) == 2 and summary["calls_saved"] > 0
+    assert summary["deepfool_curve"]["points"] == 60
+    assert set(summary["per_attack_robust_accuracy"]) == {"fgm", "pgd_l2", "cw_l2", "deepfool_l2", "autoattack_l2"}
+    assert attack["models"]["standard"]["seed0"]["clean_accuracy"] > 0.5
+    again = run_stage(profile, "certify", "digits", progress=False)
+    assert again["recomputed"] == [] and again["models"]["hkr"]["seed0"]["reused"]
+
+
+def test_the_gate_fails_when_weights_are_scaled_after_certification(trained, tmp_path):
+    profile = load_profile(trained)
+    for stage in ("certify", "attack", "verify"):
+        run_stage(profile, stage, "digits", progress=False)
+    weights = profile.path_of("models") / "digits" / "hkr" / "seed0" / "weights.safetensors"
+    original = weights.read_bytes()
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(weights)
+        last = max(int(key.split(".")[1]) for key in tensors if key.startswith("exported.") and key.endswith("weight"))
+        tensors[f"exported.{last}.weight"] = tensors[f"exported.{last}.weight"] * 2
+        tensors[f"exported.{last}.bias"] = tensors[f"exported.{last}.bias"] * 2
+        save_file(tensors, str(weights), metadata=metadata)
+        with pytest.raises(VerificationFailed) as failure:
+            run_stage(profile, "verify", "digits", progress=False)
+        message = str(failure.value)
+        assert "tiny:digits/hkr/seed0" in message and "exceeds the certified upper bound" in message
+        record = json.loads((profile.path_of("metrics") / "verify" / "digits.json").read_text())
+        assert record["models"]["hkr"]["seed0"]["status"] == "failed"
+        assert record["models"]["standard"]["seed0"]["status"] == "verified"
+        # the CLI reports it and exits 1 (no flag can turn the gate off)
+        assert main(["verify", "--params", str(trained), "--dataset", "digits", "--no-progress"]) == 1
+    finally:
+        weights.write_bytes(original)
+    assert run_stage(profile, "verify", "digits", progress=False)["models"]["hkr"]["seed0"]["status"] == "verified"
+
+
+def test_pruned_and_unpruned_attacks_give_identical_results_on_a_trained_digits_model(trained):
+    profile = load_profile(trained)
+    model, _ = load_weights(profile.path_of("models") / "digits" / "hkr" / "seed0" / "weights.safetensors")
+    splits = load_dataset("digits", profile.path_of("data"), profile.prepare_params("digits"))
+    x, y = take_tensors(splits.test, 60)
+    from lipbench.evaluate.certification import certify_model
+
+    radius = torch.from_numpy(certify_model(model, (1, 8, 8), x, y, [0.1]).radius)
+    attacks = ["fgm", "pgd_l2", "deepfool_l2", "cw_l2"]
+    options = {k: v for k, v in FAST_ATTACKS.items() if k in attacks}
+    results = {
+        prune: run_attack_suite(model, x, y, [0.05, 0.1, 0.3], attacks, radius, options=options, prune=prune, progress=False)
+        for prune in (True, False)
+    }
+    np.testing.assert_array_equal(results[True].robust, results[False].robust)
+    for name in attacks:
+        np.testing.assert_array_equal(results[True].success[name], results[False].success[name])
+    assert sum(results[True].calls.values()) < sum(results[False].calls.values())
+    assert results[False].certificate_violations.sum() == 0
+
+
+def test_unknown_attacks_and_negative_eps_are_refused_before_any_attack(tmp_path, monkeypatch):
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("an attack ran")
+
+    monkeypatch.setattr(stages, "run_attack_suite", no_attacks)
+    profile = load_profile(write_params(tmp_path, attacks=["fgm", "fgsm"], attack_options={}))
+    with pytest.raises(RegistryError, match="unknown attack 'fgsm'; known attacks: autoattack_l2, cw_l2"):
+        evaluation_settings(profile, "digits")
+    profile = load_profile(write_params(tmp_path, epsilons=[0.1, -0.5]))
+    with pytest.raises(ProfileError, match=r"every eps must be a finite number >= 0, got -0.5"):
+        run_stage(profile, "attack", "digits", progress=False)
+    profile = load_profile(write_params(tmp_path, attack_options={"pgd_l2": {"stepz": 3}}))
+    with pytest.raises(ValueError, match="stepz"):
+        evaluation_settings(profile, "digits")
+
+
+def test_a_weights_file_of_another_architecture_is_refused_before_any_attack(trained, tmp_path, monkeypatch):
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("an attack ran")
+
+    monkeypatch.setattr(stages, "run_attack_suite", no_attacks)
+    profile = load_profile(trained)
+    run_stage(profile, "certify", "digits", progress=False)
+    weights = profile.path_of("models") / "digits" / "standard" / "seed0" / "weights.safetensors"
+    original = weights.read_bytes()
+    try:
+        hkr = profile.path_of("models") / "digits" / "hkr" / "seed0" / "weights.safetensors"
+        weights.write_bytes(hkr.read_bytes())  # an hkr model where the profile expects 'standard'
+        with pytest.raises(ValueError, match="holds a hkr digits_dense model for digits, but the profile's digits/standard"):
+            run_stage(profile, "attack", "digits", progress=False)
+    finally:
+        weights.write_bytes(original)
+
+
+def test_a_stage_refuses_to_run_before_its_upstream_stage(tmp_path, trained):
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    params = load_profile(trained).params | {"paths": dict(load_profile(trained).params["paths"]) | {"evaluation": str(folder)}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(dict(params)))
+    with pytest.raises(FileNotFoundError, match="run the certify stage first"):
+        run_stage(load_profile(folder / "params.yaml"), "attack", "digits", progress=False)
+
+
+def test_an_external_plain_checkpoint_is_evaluated_and_added_to_the_leaderboard(trained, tmp_path):
+    from lipbench.evaluate.external import evaluate_external
+    from lipbench.report.leaderboard import collect_entries
+
+    profile = load_profile(trained)
+    for stage in ("certify", "attack", "verify"):
+        run_stage(profile, stage, "digits", progress=False)
+    model, _ = load_weights(profile.path_of("models") / "digits" / "hkr" / "seed0" / "weights.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "mine.safetensors"))
+    entry = evaluate_external(profile, "digits", "hkr", tmp_path / "mine.safetensors", "mine", progress=False)
+    assert entry["external"] and entry["name"] == "hKR_α^m (mine)"
+    assert entry["verification"]["status"] == "verified" and entry["train_seconds"] is None
+    names = {e["model"] for e in collect_entries(profile)}
+    assert names == {"hkr", "standard", "mine"}
+
+
+def test_evaluate_refuses_pickles_and_mismatched_checkpoints_before_any_stage(trained, tmp_path, monkeypatch):
+    from lipbench.evaluate import external
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("a pickle was unpickled")
+
+    monkeypatch.setattr(external, "evaluate_one", no_stage)
+    profile = load_profile(trained)
+    torch.save({"0.weight": torch.zeros(2)}, tmp_path / "model.pt")
+    torch.save({"0.weight": torch.zeros(2)}, tmp_path / "disguised.safetensors")
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr("pickle.load", no_unpickling)
+    for name in ("model.pt", "disguised.safetensors"):
+        with pytest.raises(ValueError, match="never unpickles"):
+            external.evaluate_external(profile, "digits", "hkr", tmp_path / name, "x", progress=False)
+    save_file({"0.weight": torch.zeros(3, 3)}, str(tmp_path / "small.safetensors"))
+    mismatch = r"does not match hkr's digits_dense architecture for digits: missing 1.bias.*unexpected 0.weight"
+    with pytest.raises(ValueError, match=mismatch):
+        external.evaluate_external(profile, "digits", "hkr", tmp_path / "small.safetensors", "small", progress=False)
+    with pytest.raises(ValueError, match="--name"):
+        external.evaluate_external(profile, "digits", "hkr", tmp_path / "small.safetensors", "../escape", progress=False)
