@@ -133,9 +133,7 @@ def hinge_loss(scores: Tensor, labels: Tensor, margin: float = 1.0, reduce: Redu
     return _mean(F.relu(margin - signs * scores), size)
 
 
-def hkr_loss(
-    scores: Tensor, labels: Tensor, alpha: float = 50.0, margin: float = 1.0, reduce: Reduce | None = None
-) -> Tensor:
+def hkr_loss(scores: Tensor, labels: Tensor, alpha: float = 50.0, margin: float = 1.0, reduce: Reduce | None = None) -> Tensor:
     """Binary hKR (eq. 5): ``E_{P-}[f] - E_{P+}[f] + λ E[(m - y f(x))+]`` with λ = ``alpha``.
 
     With ``reduce``, one call sums ``[n+, n-]`` over ranks; ``n = n+ + n-``.
@@ -198,9 +196,7 @@ def multiclass_hinge_loss(logits: Tensor, labels: Tensor, margin: float = 1.0, r
     return _mean(violations.sum(1), size)
 
 
-def cross_entropy_loss(
-    logits: Tensor, labels: Tensor, temperature: float = 1.0, reduce: Reduce | None = None
-) -> Tensor:
+def cross_entropy_loss(logits: Tensor, labels: Tensor, temperature: float = 1.0, reduce: Reduce | None = None) -> Tensor:
     """Cross-entropy (log loss) on ``temperature * logits``; binary single-logit models use
     the logistic loss. 1-Lipschitz networks have small logits, so a temperature > 1 is
     common for 1LIP_log / GNP_log."""
@@ -227,9 +223,7 @@ LOSSES: dict[str, tuple[Callable[..., Tensor] | None, Callable[..., Tensor] | No
 }
 
 
-def make_loss(
-    name: str, binary: bool, reduce: Reduce | None = None, **params: float
-) -> Callable[[Tensor, Tensor], Tensor]:
+def make_loss(name: str, binary: bool, reduce: Reduce | None = None, **params: float) -> Callable[[Tensor, Tensor], Tensor]:
     """``loss(outputs, labels)`` for a loss name and problem type, parameters checked up front.
 
     ``reduce`` (keyword): the rank-summing reducer of data-parallel training, passed to the

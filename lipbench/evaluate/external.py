@@ -40,12 +40,23 @@ def _plain_state(path: Path, profile: Profile, dataset: str, method: str) -> tup
             )
     if any(key.startswith("exported.") for key in tensors):
         tensors = {key.removeprefix("exported."): value for key, value in tensors.items() if key.startswith("exported.")}
-    plain = export(get_method(config.method).build_model(config.input_shape, config.num_classes, config.architecture,
-                                                         config.recipe.conv_correction))
+    plain = export(
+        get_method(config.method).build_model(
+            config.input_shape, config.num_classes, config.architecture, config.recipe.conv_correction
+        )
+    )
     check_state_dict(plain, tensors, f"{path}: does not match {config.method}'s {config.architecture} architecture for {dataset}")
     plain.load_state_dict(tensors)
-    metadata_record = ModelMetadata(dataset, method, config.method, config.architecture, config.input_shape,
-                                    config.num_classes, config.method_params, config.recipe.conv_correction)
+    metadata_record = ModelMetadata(
+        dataset,
+        method,
+        config.method,
+        config.architecture,
+        config.input_shape,
+        config.num_classes,
+        config.method_params,
+        config.recipe.conv_correction,
+    )
     return plain, metadata_record
 
 
@@ -69,9 +80,20 @@ def evaluate_external(
     summaries = {}
     for stage in ("certify", "attack", "verify"):
         summaries[stage] = evaluate_one(str(profile.path), stage, run, fingerprint(profile, stage, run, settings))
-    entry = build_entry(profile.name, dataset, name, profile.seeds[0], metadata.method, metadata.architecture,
-                        settings.headline_eps, None, summaries["certify"], summaries["attack"], summaries["verify"],
-                        external=True)
+    entry = build_entry(
+        profile.name,
+        dataset,
+        name,
+        profile.seeds[0],
+        metadata.method,
+        metadata.architecture,
+        settings.headline_eps,
+        None,
+        summaries["certify"],
+        summaries["attack"],
+        summaries["verify"],
+        external=True,
+    )
     write_json_atomic(external_entries_dir(profile) / f"{dataset}-{name}.json", entry)
     if summaries["verify"]["status"] != "verified":
         raise VerificationFailed("\n".join(summaries["verify"]["failures"]))

@@ -36,6 +36,7 @@ from lipbench.evaluate.certification import certify_model
 from lipbench.evaluate.verification import verify_model
 from lipbench.io import atomic_path, read_json, write_json_atomic
 from lipbench.profiles import Profile, ProfileError, load_profile
+from lipbench.progress import tqdm_disable
 from lipbench.train import config_from_profile, load_weights
 
 __all__ = [
@@ -353,7 +354,7 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
             summaries[run] = read_json(record) | {"reused": True}
         else:
             pending.append((run, key))
-    bar = tqdm(total=len(pending), desc=f"{stage} {dataset}", disable=not progress or not pending)
+    bar = tqdm(total=len(pending), desc=f"{stage} {dataset}", disable=tqdm_disable(progress and bool(pending)))
     if settings.workers > 1 and len(pending) > 1:
         threads = max(1, (torch.get_num_threads() or 1) // settings.workers)
         context = multiprocessing.get_context("spawn")

@@ -25,8 +25,19 @@ from typing import Any
 __all__ = ["Comparison", "IGNORED_KEYS", "compare_values", "compare_metrics", "committed_version", "format_table"]
 
 IGNORED_KEYS = frozenset(
-    {"timing", "seconds", "seconds_total", "environment", "fingerprint", "info", "reused", "recomputed", "peak_memory_mb",
-     "sources", "failures"}
+    {
+        "timing",
+        "seconds",
+        "seconds_total",
+        "environment",
+        "fingerprint",
+        "info",
+        "reused",
+        "recomputed",
+        "peak_memory_mb",
+        "sources",
+        "failures",
+    }
 )
 
 

@@ -114,9 +114,7 @@ def saliency_rows(profile: Profile, dataset: str, columns: int = 8) -> tuple[lis
     """Clean inputs and the input gradient of the predicted logit for hKR and the unconstrained models."""
     seed = profile.seeds[0]
     hkr = hkr_model(profile, dataset)
-    unconstrained = [
-        m for m in profile.models if not read_train(profile, ModelKey(dataset, m, seed)).get("constrained", True)
-    ]
+    unconstrained = [m for m in profile.models if not read_train(profile, ModelKey(dataset, m, seed)).get("constrained", True)]
     models = ([hkr] if hkr else []) + unconstrained
     certs = {m: load_arrays(profile, "certify", ModelKey(dataset, m, seed)) for m in models}
     count = min([columns, *(len(c["gradients"]) for c in certs.values())])

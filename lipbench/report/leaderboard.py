@@ -157,8 +157,19 @@ def collect_entries(profile: Profile) -> list[dict[str, Any]]:
                 train = read_json(metrics_root / "train" / dataset / model / f"seed{seed}" / "metrics.json")
                 summaries = {stage: stages[stage][model][f"seed{seed}"] for stage in stages}
                 entries.append(
-                    build_entry(profile.name, dataset, model, seed, config.method, config.architecture, headline, train,
-                                summaries["certify"], summaries["attack"], summaries["verify"])
+                    build_entry(
+                        profile.name,
+                        dataset,
+                        model,
+                        seed,
+                        config.method,
+                        config.architecture,
+                        headline,
+                        train,
+                        summaries["certify"],
+                        summaries["attack"],
+                        summaries["verify"],
+                    )
                 )
     folder = external_entries_dir(profile)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -196,8 +207,19 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 _COLUMNS = (
-    "rank", "model", "method", "architecture", "clean", "certified @eps", "AutoAttack @eps", "all attacks @eps",
-    "L upper (map / logit)", "L lower", "verification", "train s", "params",
+    "rank",
+    "model",
+    "method",
+    "architecture",
+    "clean",
+    "certified @eps",
+    "AutoAttack @eps",
+    "all attacks @eps",
+    "L upper (map / logit)",
+    "L lower",
+    "verification",
+    "train s",
+    "params",
 )
 
 
@@ -223,12 +245,20 @@ def _row(position: int, entry: Mapping[str, Any]) -> list[str]:
 
 
 def _markdown(ranked: Mapping[str, list[Mapping[str, Any]]], profile: str) -> str:
-    lines = [f"# lipbench leaderboard ({profile} profile)", "",
-             "Ranked per dataset: verified entries first, then certified accuracy at the headline eps, then "
-             "AutoAttack accuracy. L2 threat model; accuracies are fractions.", ""]
+    lines = [
+        f"# lipbench leaderboard ({profile} profile)",
+        "",
+        "Ranked per dataset: verified entries first, then certified accuracy at the headline eps, then "
+        "AutoAttack accuracy. L2 threat model; accuracies are fractions.",
+        "",
+    ]
     for dataset, entries in ranked.items():
-        lines += [f"## {dataset} (headline eps = {entries[0]['eps']:g})", "", "| " + " | ".join(_COLUMNS) + " |",
-                  "|" + "---|" * len(_COLUMNS)]
+        lines += [
+            f"## {dataset} (headline eps = {entries[0]['eps']:g})",
+            "",
+            "| " + " | ".join(_COLUMNS) + " |",
+            "|" + "---|" * len(_COLUMNS),
+        ]
         lines += ["| " + " | ".join(_row(i + 1, entry)) + " |" for i, entry in enumerate(entries)]
         notes = [f"- {entry['model']}: {entry['footnote']}" for entry in entries if entry["footnote"]]
         lines += ["", *notes, ""] if notes else [""]
@@ -237,7 +267,8 @@ def _markdown(ranked: Mapping[str, list[Mapping[str, Any]]], profile: str) -> st
 
 def _html(ranked: Mapping[str, list[Mapping[str, Any]]], profile: str) -> str:
     parts = [
-        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
         f"<title>lipbench leaderboard ({html.escape(profile)})</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
         "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}td:nth-child(-n+4){text-align:left}"

@@ -178,13 +178,21 @@ def robustness_figure(title: str, curves: Sequence[RobustnessCurves], max_cols: 
         for name, values in item.per_attack.items():
             if name == "deepfool_l2" and item.deepfool is not None:
                 continue
-            ax.plot(xs, [item.clean, *values], marker=markers.get(name, "o"), ms=5, lw=1, ls=":",
-                    color=attack_colors.get(name), label=ATTACK_LABELS.get(name, name))
+            ax.plot(
+                xs,
+                [item.clean, *values],
+                marker=markers.get(name, "o"),
+                ms=5,
+                lw=1,
+                ls=":",
+                color=attack_colors.get(name),
+                label=ATTACK_LABELS.get(name, name),
+            )
         ax.plot(xs, [item.clean, *item.combined], marker="X", ms=7, lw=1.4, ls="--", color="crimson", label="all attacks")
         ax.set_title(item.label)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlim(0, item.eps_grid[-1])
-    for ax in axes.flat[len(curves):]:
+    for ax in axes.flat[len(curves) :]:
         ax.set_visible(False)
     for column in range(cols):  # the lowest panel of each column carries the eps axis
         bottom = axes[(len(curves) - 1 - column) // cols, column]
@@ -245,8 +253,16 @@ def level_sets_figure(panels: Sequence[LevelSetPanel]) -> Figure:
         ax.contour(panel.grid_x, panel.grid_y, panel.values, levels=[0.0], colors="k", linewidths=2.0)
         for label, (color, marker) in enumerate((("#1f4e9c", "o"), ("#c0392b", "s"))):
             chosen = panel.labels == label
-            ax.scatter(panel.points[chosen, 0], panel.points[chosen, 1], s=9, c=color, marker=marker,
-                       edgecolors="white", linewidths=0.3, label=f"class {label}")
+            ax.scatter(
+                panel.points[chosen, 0],
+                panel.points[chosen, 1],
+                s=9,
+                c=color,
+                marker=marker,
+                edgecolors="white",
+                linewidths=0.3,
+                label=f"class {label}",
+            )
         cax = make_axes_locatable(ax).append_axes("right", size="4%", pad=0.1)
         fig.colorbar(filled, cax=cax, label="f(x)", ticks=np.linspace(-vmax, vmax, 5))
         ax.plot([], [], color="k", lw=2, label="f(x) = 0")

@@ -160,7 +160,8 @@ def load_weights(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     plain = export(build_from_metadata(metadata))
     exported = {k.removeprefix("exported."): v for k, v in tensors.items() if k.startswith("exported.")}
     check_state_dict(
-        plain, exported,
+        plain,
+        exported,
         f"{path}: weights do not match {metadata.method}'s {metadata.architecture} architecture for {metadata.dataset}",
     )
     plain.load_state_dict(exported)

@@ -37,6 +37,7 @@ from lipbench.environment import source_fingerprint
 from lipbench.evaluate.certify import predictions
 from lipbench.io import atomic_path
 from lipbench.methods import get_method
+from lipbench.progress import tqdm_disable
 from lipbench.train.config import TrainConfig
 from lipbench.train.distributed import (
     SINGLE_PROCESS,
@@ -256,10 +257,7 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 def _parametrized(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [
-        (module, name)
-        for module in model.modules()
-        if parametrize.is_parametrized(module)
-        for name in module.parametrizations
+        (module, name) for module in model.modules() if parametrize.is_parametrized(module) for name in module.parametrizations
     ]
 
 
@@ -343,7 +341,7 @@ def _train(
             _batches(splits.train, recipe.batch_size, _generator(config.seed, epoch, stream=0), device, context),
             total=math.ceil(len(splits.train) / recipe.batch_size),
             desc=f"{label} epoch {epoch + 1}/{recipe.epochs}",
-            disable=not (progress and context.is_main),
+            disable=tqdm_disable(progress and context.is_main),
             leave=False,
         )
         for step, (x, y, global_size) in enumerate(steps):

@@ -48,6 +48,7 @@ from lipbench.evaluate.attacks.base import (
     seeded,
     verify_in_ball,
 )
+from lipbench.progress import tqdm_disable
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 #: Fewest classes (logits) each AutoAttack component works with.
@@ -260,7 +261,9 @@ def autoattack_l2(
     messages: list[str] = []
     adversary = None
     for e, eps in enumerate(epsilons):
-        for sl in tqdm(list(batches(len(x), batch_size)), desc=f"autoattack_l2 eps={eps:g}", disable=not progress, leave=False):
+        for sl in tqdm(
+            list(batches(len(x), batch_size)), desc=f"autoattack_l2 eps={eps:g}", disable=tqdm_disable(progress), leave=False
+        ):
             if eps == 0:
                 x_adv[e, sl], success[e, sl] = verify_in_ball(target, x[sl], y[sl], x[sl], 0.0)
                 continue

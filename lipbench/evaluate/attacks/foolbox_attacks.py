@@ -34,6 +34,7 @@ from lipbench.evaluate.attacks.base import (
     verify_in_ball,
     verify_minimal,
 )
+from lipbench.progress import tqdm_disable
 
 with warnings.catch_warnings():  # foolbox 3.3.4 imports a deprecated scipy.ndimage namespace
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -91,7 +92,9 @@ def _run_eps_attack(
     success = np.zeros((len(epsilons), len(x)), dtype=bool)
     x_adv = x.unsqueeze(0).repeat(len(epsilons), *([1] * x.ndim))
     for e, eps in enumerate(epsilons):
-        for sl in tqdm(list(batches(len(x), batch_size)), desc=f"{name} eps={eps:g}", disable=not progress, leave=False):
+        for sl in tqdm(
+            list(batches(len(x), batch_size)), desc=f"{name} eps={eps:g}", disable=tqdm_disable(progress), leave=False
+        ):
             if eps == 0:  # nothing moves: only already-misclassified points "succeed"
                 x_adv[e, sl], success[e, sl] = verify_in_ball(target, x[sl], y[sl], x[sl], 0.0)
                 continue
@@ -116,7 +119,7 @@ def _run_minimal_attack(
     fmodel = fb.PyTorchModel(target.net, bounds=(0, 1), device=target.device)
     x_adv = x.clone()
     min_norm = np.full(len(x), np.inf)
-    for sl in tqdm(list(batches(len(x), batch_size)), desc=name, disable=not progress, leave=False):
+    for sl in tqdm(list(batches(len(x), batch_size)), desc=name, disable=tqdm_disable(progress), leave=False):
         with torch.enable_grad(), _quiet_root_logger():
             raw, _, _ = attack(fmodel, x[sl].to(target.device), y[sl].to(target.device), epsilons=None)
         x_adv[sl], min_norm[sl] = verify_minimal(target, x[sl], y[sl], raw)

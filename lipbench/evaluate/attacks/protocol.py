@@ -167,21 +167,9 @@ def run_attack_suite(
     low, high = (float(b) for b in bounds)
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(f"bounds must be finite (low, high) with low < high, got {bounds!r}")
+    settings = dict(batch_size=batch_size, device=device, options=options, prune=prune, progress=progress, n_examples=n_examples)
     if (low, high) == (0.0, 1.0):
-        return _run_unit_box(
-            model,
-            x,
-            y,
-            epsilons,
-            attacks,
-            certified_radius,
-            batch_size=batch_size,
-            device=device,
-            options=options,
-            prune=prune,
-            progress=progress,
-            n_examples=n_examples,
-        )
+        return _run_unit_box(model, x, y, epsilons, attacks, certified_radius, **settings)
     scale = high - low
     x = torch.as_tensor(x)
     if x.is_floating_point() and torch.isfinite(x).all() and (x.min() < low or x.max() > high):
@@ -189,20 +177,8 @@ def run_attack_suite(
     radius = None if certified_radius is None else torch.as_tensor(certified_radius) / scale
     eps = [float(e) for e in epsilons] if not isinstance(epsilons, (str, bytes)) else epsilons
     unit_eps = [e / scale for e in eps] if isinstance(eps, list) else eps
-    result = _run_unit_box(
-        _UnitBoxInput(model, low, scale),
-        (x - low) / scale if x.is_floating_point() else x,
-        y,
-        unit_eps,
-        attacks,
-        radius,
-        batch_size=batch_size,
-        device=device,
-        options=options,
-        prune=prune,
-        progress=progress,
-        n_examples=n_examples,
-    )
+    unit_x = (x - low) / scale if x.is_floating_point() else x
+    result = _run_unit_box(_UnitBoxInput(model, low, scale), unit_x, y, unit_eps, attacks, radius, **settings)
     result.epsilons = eps
     result.min_norms = {name: norms * scale for name, norms in result.min_norms.items()}
     if result.min_norm is not None:
