@@ -1,7 +1,7 @@
 """Core speed benchmark (issue: lipbench core, section 5).
 
 Measures, in one process and one run, the train step (forward + hKR loss + backward +
-Adam step) and the eval forward at batch 256 of the paper's MNIST CNN shape
+Adam step), the eval forward and an L2 PGD-10 attack (images/s) at batch 256 of the paper's MNIST CNN shape
 (conv 16 -> L2 pool -> conv 32 -> L2 pool -> dense 64 -> 10, GroupSort2) in three forms:
 lipbench constrained, the same architecture from deel-torchlip layers, and the
 unconstrained twin (nn.Conv2d/nn.Linear, ReLU, max pooling). Timings are interleaved
@@ -29,6 +29,7 @@ from lipbench import nn as lnn
 from lipbench.environment import environment_record
 from lipbench.io import write_json_atomic
 from lipbench.losses import hkr_multiclass_loss
+from lipbench.methods.builtin import l2_pgd
 
 TARGETS = {
     "train_lipbench_over_unconstrained": 1.25,
@@ -106,6 +107,22 @@ def _eval_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def _attack_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> Callable[[], None]:
+    """One L2 PGD attack (``steps`` gradient steps, eps 1.0) on a batch, the evaluation's hot loop."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+
+    def loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, labels)
+
+    def step() -> None:
+        l2_pgd(model, x, y, loss, 1.0, steps, 0.25, (0.0, 1.0), generator)
+
+    return step
+
+
 def measure(steps: dict[str, Callable[[], None]], rounds: int, repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each step, interleaved over ``rounds``."""
     for step in steps.values():  # warm-up
@@ -160,6 +177,14 @@ def main() -> None:
         args.repeats * 2,
         device,
     )
+    attack = measure(
+        {
+            "lipbench_exported": _attack_step(exported, x, y),
+            "deel_torchlip_exported": _attack_step(deel_exported, x, y),
+            "unconstrained": _attack_step(twin_model, x, y),
+        },
+        max(2, args.rounds // 2), 1, device,
+    )
     ratios = {
         "train_lipbench_over_unconstrained": train["lipbench"] / train["unconstrained"],
         "train_lipbench_over_deel_torchlip": train["lipbench"] / train["deel_torchlip"],
@@ -167,6 +192,8 @@ def main() -> None:
         "eval_exported_over_unconstrained": evaluation["lipbench_exported"] / evaluation["unconstrained"],
         "eval_lipbench_eval_mode_over_unconstrained": evaluation["lipbench_eval_mode"] / evaluation["unconstrained"],
         "eval_deel_torchlip_eval_mode_over_unconstrained": evaluation["deel_torchlip_eval_mode"] / evaluation["unconstrained"],
+        "attack_lipbench_over_deel_torchlip": attack["lipbench_exported"] / attack["deel_torchlip_exported"],
+        "attack_lipbench_over_unconstrained": attack["lipbench_exported"] / attack["unconstrained"],
     }
     result = {
         "benchmark": "core_speed",
@@ -177,6 +204,8 @@ def main() -> None:
         "train_step_seconds": train,
         "eval_forward_seconds": evaluation,
         "train_images_per_second": {name: args.batch_size / seconds for name, seconds in train.items()},
+        "attack_seconds_pgd10": attack,
+        "attack_images_per_second_pgd10": {name: args.batch_size / seconds for name, seconds in attack.items()},
         "ratios": ratios,
         "targets": TARGETS,
         "targets_met": {name: ratios[name] <= limit for name, limit in TARGETS.items()},
@@ -188,6 +217,10 @@ def main() -> None:
         print(f"train step  {name:28s} {seconds * 1e3:8.2f} ms")
     for name, seconds in evaluation.items():
         print(f"eval fwd    {name:28s} {seconds * 1e3:8.2f} ms")
+    for name, seconds in attack.items():
+        print(f"PGD-10      {name:28s} {seconds * 1e3:8.2f} ms  ({args.batch_size / seconds:8.0f} images/s)")
+    for name, seconds in train.items():
+        print(f"train       {name:28s} {args.batch_size / seconds:8.0f} images/s")
     for name, value in ratios.items():
         limit = TARGETS.get(name)
         verdict = "" if limit is None else f"  (target <= {limit}: {'met' if value <= limit else 'NOT met'})"
