@@ -183,7 +183,9 @@ def main() -> None:
             "deel_torchlip_exported": _attack_step(deel_exported, x, y),
             "unconstrained": _attack_step(twin_model, x, y),
         },
-        max(2, args.rounds // 2), 1, device,
+        max(2, args.rounds // 2),
+        1,
+        device,
     )
     ratios = {
         "train_lipbench_over_unconstrained": train["lipbench"] / train["unconstrained"],

@@ -28,10 +28,15 @@ def test_concurrent_processes_take_different_gpus_and_fall_back_to_free_memory(t
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: ((5, 10), (8, 10))[index])
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True);"
-         " time.sleep(30)", str(tmp_path / "lipbench-gpu-0.lock")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True);"
+            " time.sleep(30)",
+            str(tmp_path / "lipbench-gpu-0.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -54,9 +54,13 @@ def write_params(folder: Path, **evaluate_overrides) -> Path:
                 "standard": {},
             },
         },
-        "evaluate": {"device": "cpu", "batch_size": 64, "workers": 1,
-                     "verify": {"ascent_steps": 3, "audit_points": 40, "audit_steps": 10, "layer_power_iterations": 10},
-                     "digits": evaluate},
+        "evaluate": {
+            "device": "cpu",
+            "batch_size": 64,
+            "workers": 1,
+            "verify": {"ascent_steps": 3, "audit_points": 40, "audit_steps": 10, "layer_power_iterations": 10},
+            "digits": evaluate,
+        },
     }
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -72,8 +76,9 @@ def trained(tmp_path_factory) -> Path:
     prepare_dataset("digits", profile.path_of("data"), profile.prepare_params("digits"))
     for method in profile.models:
         out = profile.path_of("models") / "digits" / method / "seed0"
-        run_training(profile, "digits", method, 0, out, profile.path_of("metrics") / "train" / "digits" / method / "seed0",
-                     progress=False)
+        run_training(
+            profile, "digits", method, 0, out, profile.path_of("metrics") / "train" / "digits" / method / "seed0", progress=False
+        )
     return params
 
 

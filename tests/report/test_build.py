@@ -18,15 +18,26 @@ from lipbench.report.build import build_report
 from lipbench.report.inputs import ModelKey, ReportInputError, arrays_path, train_metrics_path
 from lipbench.report.notebooks import NotebookError
 
-FIGURES = ["moons_level_sets", "moons_histograms", "robustness_moons", "robustness_digits", "deepfool_moons",
-           "deepfool_digits", "adversarial_digits", "saliency_digits"]
+FIGURES = [
+    "moons_level_sets",
+    "moons_histograms",
+    "robustness_moons",
+    "robustness_digits",
+    "deepfool_moons",
+    "deepfool_digits",
+    "adversarial_digits",
+    "saliency_digits",
+]
 TABLES = ["robustness_moons", "robustness_digits", "cost", "lipschitz"]
 
 
 def snapshot(folder: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under ``folder``."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +64,10 @@ def test_report_has_every_figure_table_and_page(built: tuple[Profile, dict]) -> 
     for dataset in ("moons", "digits"):
         assert sorted(p.name for p in (reports / "plots" / dataset).iterdir()) == sorted(f"{m}.csv" for m in MODELS)
     assert sorted(p.name for p in (reports / "notebooks").iterdir()) == [
-        "image_examples.html", "robustness_curves.html", "two_moons.html"]
+        "image_examples.html",
+        "robustness_curves.html",
+        "two_moons.html",
+    ]
     assert "Skipped moons" in (reports / "notebooks" / "image_examples.html").read_text()
     board = json.loads((reports / "leaderboard.json").read_text())
     assert sorted(board["datasets"]) == ["digits", "moons"] and len(board["datasets"]["digits"]) == len(MODELS)

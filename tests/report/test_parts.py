@@ -39,8 +39,15 @@ def test_transport_counterfactual_binary_and_multiclass() -> None:
 
 
 def test_table_formats() -> None:
-    table = Table("t", "A & B", ["Method", "C&W"], rows=[["x_1", "50.0 ± 1.0"]], raw_columns=["method", "cw"],
-                  raw=[["x_1", 0.5]], notes=["a note"])
+    table = Table(
+        "t",
+        "A & B",
+        ["Method", "C&W"],
+        rows=[["x_1", "50.0 ± 1.0"]],
+        raw_columns=["method", "cw"],
+        raw=[["x_1", 0.5]],
+        notes=["a note"],
+    )
     assert table.markdown().splitlines()[2:5] == ["| Method | C&W |", "|---|---|", "| x_1 | 50.0 ± 1.0 |"]
     assert table.csv() == "method,cw\nx_1,0.5\n"
     latex = table.latex()
