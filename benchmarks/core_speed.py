@@ -27,9 +27,11 @@ from torch import nn
 
 from lipbench import nn as lnn
 from lipbench.environment import environment_record
+from lipbench.evaluate.attacks import AutocastLogits
 from lipbench.io import write_json_atomic
 from lipbench.losses import hkr_multiclass_loss
 from lipbench.methods.builtin import l2_pgd
+from lipbench.train.loop import _parametrized, _precision_context  # the training loop's own bf16 step
 
 TARGETS = {
     "train_lipbench_over_unconstrained": 1.25,
@@ -84,13 +86,18 @@ def _timed(step: Callable[[], None], repeats: int, device: torch.device) -> floa
     return (time.perf_counter() - start) / repeats
 
 
-def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = False) -> Callable[[], None]:
+    """Forward + hKR loss + backward + Adam step; bf16 exactly as the training loop runs it
+    (constrained weights computed once in fp32, then the step under autocast)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
+    parametrized = _parametrized(model)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = hkr_multiclass_loss(model(x), y, alpha=50.0, margin=1.0)
+        with _precision_context("bf16" if bf16 else "fp32", x.device, parametrized):
+            outputs = model(x)
+        loss = hkr_multiclass_loss(outputs.float(), y, alpha=50.0, margin=1.0)
         loss.backward()
         optimizer.step()
 
@@ -107,11 +114,13 @@ def _eval_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def _attack_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> Callable[[], None]:
+def _attack_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = False, steps: int = 10) -> Callable[[], None]:
     """One L2 PGD attack (``steps`` gradient steps, eps 1.0) on a batch, the evaluation's hot loop."""
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    if bf16:
+        model = AutocastLogits(model, x.device.type)
     generator = torch.Generator().manual_seed(0)
 
     def loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -141,9 +150,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/core_speed_cpu.json"))
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast in train steps and attacks")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/core_speed_<device>[_bf16].json")
     args = parser.parse_args()
     device = torch.device(args.device)
+    bf16 = args.precision == "bf16"
+    if args.out is None:
+        args.out = Path(f"benchmarks/results/core_speed_{device.type}{'_bf16' if bf16 else ''}.json")
     torch.manual_seed(0)
     x = torch.rand(args.batch_size, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
@@ -155,9 +168,9 @@ def main() -> None:
     start = time.perf_counter()
     train = measure(
         {
-            "lipbench": _train_step(lipbench_model, x, y),
-            "deel_torchlip": _train_step(deel_model, x, y),
-            "unconstrained": _train_step(twin_model, x, y),
+            "lipbench": _train_step(lipbench_model, x, y, bf16),
+            "deel_torchlip": _train_step(deel_model, x, y, bf16),
+            "unconstrained": _train_step(twin_model, x, y, bf16),
         },
         args.rounds,
         args.repeats,
@@ -179,9 +192,9 @@ def main() -> None:
     )
     attack = measure(
         {
-            "lipbench_exported": _attack_step(exported, x, y),
-            "deel_torchlip_exported": _attack_step(deel_exported, x, y),
-            "unconstrained": _attack_step(twin_model, x, y),
+            "lipbench_exported": _attack_step(exported, x, y, bf16),
+            "deel_torchlip_exported": _attack_step(deel_exported, x, y, bf16),
+            "unconstrained": _attack_step(twin_model, x, y, bf16),
         },
         max(2, args.rounds // 2),
         1,
@@ -201,6 +214,7 @@ def main() -> None:
         "benchmark": "core_speed",
         "architecture": "conv16-l2pool-conv32-l2pool-dense64-10, GroupSort2, hKR (alpha=50, m=1)",
         "batch_size": args.batch_size,
+        "precision": args.precision,
         "rounds": args.rounds,
         "repeats_per_round": args.repeats,
         "train_step_seconds": train,

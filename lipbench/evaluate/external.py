@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lipbench.evaluate.run import ModelRun, VerificationFailed, evaluate_one, evaluation_settings, fingerprint
+from lipbench.evaluate.run import ModelRun, VerificationFailed, evaluate_one, fingerprint
+from lipbench.evaluate.settings import evaluation_settings
 from lipbench.io import write_json_atomic
 from lipbench.methods import get_method
 from lipbench.nn import export

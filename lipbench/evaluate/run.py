@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,17 @@ from tqdm import tqdm
 from lipbench.data import load_dataset, take_tensors
 from lipbench.devices import resolve_device
 from lipbench.environment import environment_record, source_fingerprint
-from lipbench.evaluate.attacks import ATTACKS, run_attack_suite
+from lipbench.evaluate.attacks import run_attack_suite
 from lipbench.evaluate.certification import certify_model
+from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
 from lipbench.evaluate.verification import verify_model
 from lipbench.io import atomic_path, read_json, write_json_atomic
-from lipbench.profiles import Profile, ProfileError, load_profile
+from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
 from lipbench.train import config_from_profile, load_weights
 
 __all__ = [
     "STAGES",
-    "EvaluationSettings",
-    "evaluation_settings",
     "ModelRun",
     "model_runs",
     "output_dir",
@@ -55,94 +54,10 @@ __all__ = [
 
 STAGES = ("certify", "attack", "verify")
 _UPSTREAM = {"certify": (), "attack": ("certify",), "verify": ("certify", "attack")}
-_VERIFY_DEFAULTS = {"ascent_steps": 10, "audit_points": 100, "audit_steps": 20, "layer_power_iterations": 30}
 
 
 class VerificationFailed(Exception):
     """The soundness gate failed; the message lists every failure."""
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    epsilons: list[float]
-    certify_points: int
-    attack_points: int
-    deepfool_points: int
-    attacks: list[str]
-    attack_options: dict[str, dict[str, Any]]
-    headline_eps: float
-    batch_size: int
-    device: str
-    workers: int
-    verify: dict[str, int] = field(default_factory=dict)
-
-    def for_stage(self, stage: str) -> dict[str, Any]:
-        """The settings a stage's results depend on (part of its fingerprint)."""
-        keys = {
-            "certify": ("epsilons", "certify_points"),
-            "attack": ("epsilons", "attack_points", "deepfool_points", "attacks", "attack_options"),
-            "verify": ("verify", "certify_points"),
-        }[stage]
-        return {key: getattr(self, key) for key in keys}
-
-
-def _positive_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProfileError(f"{where} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
-    """``evaluate.<dataset>`` (+ ``evaluate.batch_size/device/workers/verify``), checked up front."""
-    where = f"{profile.path}: evaluate.{dataset}"
-    section = profile.section("evaluate", dataset)
-    common = profile.section("evaluate")
-    allowed = {"epsilons", "headline_eps", "certify_points", "attack_points", "deepfool_points", "attacks", "attack_options"}
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise ProfileError(f"{where}: unknown keys {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}")
-    epsilons = section.get("epsilons")
-    if not isinstance(epsilons, list) or not epsilons:
-        raise ProfileError(f"{where}.epsilons must be a non-empty list of numbers >= 0")
-    for eps in epsilons:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps < 0:
-            raise ProfileError(f"{where}.epsilons: every eps must be a finite number >= 0, got {eps!r}")
-    headline = section.get("headline_eps", epsilons[len(epsilons) // 2])
-    if headline not in epsilons:
-        raise ProfileError(f"{where}.headline_eps ({headline!r}) must be one of its epsilons {epsilons}")
-    certify_points = _positive_int(f"{where}.certify_points", section.get("certify_points", 1000))
-    attack_points = _positive_int(f"{where}.attack_points", section.get("attack_points", 200))
-    deepfool_points = _positive_int(f"{where}.deepfool_points", section.get("deepfool_points", attack_points))
-    if max(attack_points, deepfool_points) > certify_points:
-        raise ProfileError(f"{where}: attack_points and deepfool_points cannot exceed certify_points")
-    attacks = list(section.get("attacks", []))
-    if not attacks:
-        raise ProfileError(f"{where}.attacks is empty; list the attacks to run (known: {', '.join(ATTACKS.names())})")
-    for name in attacks:
-        ATTACKS.get(name)  # RegistryError listing the known attacks
-    options = {name: dict(value or {}) for name, value in dict(section.get("attack_options") or {}).items()}
-    for name, value in options.items():
-        if name not in attacks:
-            raise ProfileError(f"{where}.attack_options names {name!r}, which is not in its attacks list {attacks}")
-        ATTACKS.get(name).resolve_options(value)  # unknown option keys are a ValueError here
-    verify = {**_VERIFY_DEFAULTS, **dict(common.get("verify") or {})}
-    if set(verify) != set(_VERIFY_DEFAULTS) or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in verify.values()
-    ):
-        raise ProfileError(f"{profile.path}: evaluate.verify takes integers >= 0 for {', '.join(_VERIFY_DEFAULTS)}")
-    return EvaluationSettings(
-        epsilons=[float(eps) for eps in epsilons],
-        certify_points=certify_points,
-        attack_points=attack_points,
-        deepfool_points=deepfool_points,
-        attacks=attacks,
-        attack_options=options,
-        headline_eps=float(headline),
-        batch_size=_positive_int(f"{profile.path}: evaluate.batch_size", common.get("batch_size", 256)),
-        device=str(common.get("device", "auto")),
-        workers=_positive_int(f"{profile.path}: evaluate.workers", common.get("workers", 1)),
-        verify=verify,
-    )
 
 
 @dataclass(frozen=True)
@@ -231,7 +146,14 @@ def _attack(profile: Profile, run: ModelRun, settings: EvaluationSettings, out: 
     model, x, y, info = _load_model_and_points(profile, run, settings)
     radius = torch.from_numpy(np.load(output_dir(profile, "certify", run) / "certify.npz")["radius"])
     n = settings.attack_points
-    common = dict(batch_size=settings.batch_size, progress=False, bounds=info.bounds, n_examples=16)
+    common = dict(
+        batch_size=settings.batch_size,
+        progress=False,
+        bounds=info.bounds,
+        n_examples=16,
+        precision=settings.attack_precision,
+        compile_model=settings.attack_compile,
+    )
     suite = run_attack_suite(
         model,
         x[:n],

@@ -94,6 +94,9 @@ def build_entry(
         notes.append(f"unconstrained network: strict bound L <= {upper['whole_map']:.3g}, certificates are tiny")
     if external:
         notes.append("externally trained checkpoint")
+    attack_precision = attack.get("precision", "fp32")
+    if attack_precision != "fp32":
+        notes.append(f"attacks searched in {attack_precision} (hits re-checked in fp32)")
     entry = {
         "name": f"{method.paper_name} ({model})" if model != method_name else method.paper_name,
         "link": method.reference.get("link", ""),
@@ -127,7 +130,8 @@ def build_entry(
         "train_seconds": None if train is None else float(train["timing"]["train_seconds"]),
         "peak_memory_mb": None if train is None else float(train["peak_memory_mb"]["process_rss"]),
         "parameter_count": int(train["parameter_count"]) if train is not None else int(certify.get("parameter_count", 1)),
-        "environment": dict((train or certify).get("environment", {})),
+        "environment": dict((train or certify).get("environment", {}))
+        | {"attack_precision": attack_precision, "attack_compiled": bool(attack.get("compiled", False))},
     }
     validate_entry(entry)
     return entry
@@ -141,7 +145,8 @@ def external_entries_dir(profile: Profile) -> Path:
 
 def collect_entries(profile: Profile) -> list[dict[str, Any]]:
     """Entries of every trained model of the profile, plus validated external entries."""
-    from lipbench.evaluate.run import evaluation_settings, stage_metrics_path
+    from lipbench.evaluate.run import stage_metrics_path
+    from lipbench.evaluate.settings import evaluation_settings
     from lipbench.train import config_from_profile
 
     entries = []

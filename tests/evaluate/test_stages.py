@@ -16,7 +16,8 @@ from lipbench.cli.main import main
 from lipbench.data import load_dataset, prepare_dataset, take_tensors
 from lipbench.evaluate import run as stages
 from lipbench.evaluate.attacks import run_attack_suite
-from lipbench.evaluate.run import VerificationFailed, evaluation_settings, run_stage
+from lipbench.evaluate.run import VerificationFailed, run_stage
+from lipbench.evaluate.settings import evaluation_settings
 from lipbench.profiles import ProfileError, load_profile
 from lipbench.registry import RegistryError
 from lipbench.train import load_weights, run_training
@@ -232,3 +233,26 @@ def test_evaluate_refuses_pickles_and_mismatched_checkpoints_before_any_stage(tr
         external.evaluate_external(profile, "digits", "hkr", tmp_path / "small.safetensors", "small", progress=False)
     with pytest.raises(ValueError, match="--name"):
         external.evaluate_external(profile, "digits", "hkr", tmp_path / "small.safetensors", "../escape", progress=False)
+
+
+def _with_common(path: Path, **common) -> Path:
+    params = yaml.safe_load(path.read_text())
+    params["evaluate"] |= common
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_attack_precision_and_compile_are_checked_and_change_only_the_attack_settings(tmp_path):
+    default = evaluation_settings(load_profile(write_params(tmp_path)), "digits")
+    assert (default.attack_precision, default.attack_compile) == ("fp32", False)
+    bf16 = evaluation_settings(load_profile(_with_common(write_params(tmp_path), attack_precision="bf16")), "digits")
+    assert bf16.for_stage("attack") != default.for_stage("attack")
+    for stage in ("certify", "verify"):  # certificates and the gate are always float32
+        assert bf16.for_stage(stage) == default.for_stage(stage)
+    for common, message in [
+        ({"attack_precision": "fp16"}, "evaluate.attack_precision must be one of fp32, bf16, got 'fp16'"),
+        ({"attack_compile": "yes"}, "evaluate.attack_compile must be true or false, got 'yes'"),
+    ]:
+        profile = load_profile(_with_common(write_params(tmp_path), **common))
+        with pytest.raises(ProfileError, match=message):
+            evaluation_settings(profile, "digits")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lipbench.data import get_dataset
-from lipbench.evaluate.run import evaluation_settings
+from lipbench.evaluate.settings import evaluation_settings
 from lipbench.profiles import load_profile
 from lipbench.train import config_from_profile
 

@@ -6,10 +6,12 @@ pruning and combines them pointwise (a point is broken at eps if any attack succ
 """
 
 from lipbench.evaluate.attacks.base import (
+    ATTACK_PRECISIONS,
     ATTACKS,
     REL_TOL,
     AttackResult,
     AttackSpec,
+    AutocastLogits,
     BinaryAsTwoLogits,
     register_attack,
 )
@@ -25,11 +27,13 @@ from lipbench.evaluate.attacks.protocol import (
 )
 
 __all__ = [
+    "ATTACK_PRECISIONS",
     "ATTACKS",
     "DEFAULT_ATTACKS",
     "REL_TOL",
     "AttackResult",
     "AttackSpec",
+    "AutocastLogits",
     "BinaryAsTwoLogits",
     "SuiteResult",
     "accuracy_from_min_norms",

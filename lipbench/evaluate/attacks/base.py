@@ -27,6 +27,9 @@ from lipbench.registry import Registry
 #: Relative tolerance on ``||x_adv - x||_2 <= eps`` (float32 rounding of stored points).
 REL_TOL = 1e-6
 
+#: Arithmetic the attacks search in. Verification (``Target.predict``) is always float32.
+ATTACK_PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass
 class AttackResult:
@@ -68,15 +71,40 @@ class BinaryAsTwoLogits(nn.Module):
         return torch.cat([-half, half], dim=1)
 
 
+class AutocastLogits(nn.Module):
+    """``model`` run under ``torch.autocast(dtype)``, returning float32 logits.
+
+    Attacks query this (faster on GPUs with bf16 units); the points they return are then
+    re-checked on the float32 model, so reduced precision can only make an attack weaker,
+    never create a false success.
+    """
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float()
+
+
 @dataclass
 class Target:
-    """The model under attack, already in eval mode on ``device``."""
+    """The model under attack, already in eval mode on ``device``.
+
+    ``model`` is the float32 model that every success is verified on; ``net`` is what the
+    attacks query: the same model, seen as two logits if binary, possibly under bf16
+    autocast and/or compiled (``precision`` and ``compiled`` record which).
+    """
 
     model: nn.Module
     net: nn.Module  # at least two logits (``BinaryAsTwoLogits`` for single-logit models)
     n_classes: int  # number of logits of ``net``
     binary: bool
     device: torch.device
+    precision: str = "fp32"
+    compiled: bool = False
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,11 +151,13 @@ class AttackSpec:
         device: str | torch.device | None = None,
         options: Mapping[str, Any] | None = None,
         progress: bool = False,
+        precision: str = "fp32",
+        compile_model: bool = False,
     ) -> AttackResult:
         """Validate, prepare the model, run the attack and return verified results."""
         resolved = self.resolve_options(options)
         x, y, eps, _ = validate_inputs(x, y, epsilons, batch_size)
-        with prepared_target(model, device, x, y) as target:
+        with prepared_target(model, device, x, y, precision, compile_model) as target:
             if self.check is not None:
                 self.check(x, target.n_classes, resolved)
             return self.run(target, x, y, eps, batch_size=batch_size, options=resolved, progress=progress)
@@ -198,11 +228,32 @@ def validate_inputs(
     return x, y, eps, radius
 
 
+def check_precision(precision: Any, compile_model: Any) -> None:
+    """``ValueError`` unless ``precision`` is one of :data:`ATTACK_PRECISIONS` and ``compile_model`` a bool."""
+    if precision not in ATTACK_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(ATTACK_PRECISIONS)}, got {precision!r}")
+    if not isinstance(compile_model, bool):
+        raise ValueError(f"compile_model must be True or False, got {compile_model!r}")
+
+
 @contextlib.contextmanager
-def prepared_target(model: nn.Module, device: str | torch.device | None, x: torch.Tensor, y: torch.Tensor) -> Iterator[Target]:
-    """Eval mode, parameters frozen, on ``device``; restores mode and ``requires_grad`` after."""
+def prepared_target(
+    model: nn.Module,
+    device: str | torch.device | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str = "fp32",
+    compile_model: bool = False,
+) -> Iterator[Target]:
+    """Eval mode, parameters frozen, on ``device``; restores mode and ``requires_grad`` after.
+
+    ``precision="bf16"`` makes the attacks' view of the model run under autocast and
+    ``compile_model`` compiles it (``torch.compile``, dynamic shapes); ``Target.predict``,
+    which verifies every success, always runs the float32 model uncompiled.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_precision(precision, compile_model)
     params = list(model.parameters())
     if device is None:
         device = params[0].device if params else torch.device("cpu")
@@ -223,7 +274,11 @@ def prepared_target(model: nn.Module, device: str | torch.device | None, x: torc
         if int(y.max()) >= n_classes:
             raise ValueError(f"label {int(y.max())} out of range for a model with {n_classes} classes")
         net = BinaryAsTwoLogits(model).eval() if binary else model
-        yield Target(model, net, n_classes, binary, device)
+        if precision == "bf16":
+            net = AutocastLogits(net, device.type).eval()
+        if compile_model:
+            net = torch.compile(net, dynamic=True)
+        yield Target(model, net, n_classes, binary, device, precision, compile_model)
     finally:
         model.train(was_training)
         for p, flag in zip(params, requires_grad):

@@ -36,6 +36,7 @@ from lipbench.evaluate.attacks.base import (
     AttackSpec,
     Target,
     batches,
+    check_precision,
     prepared_target,
     validate_inputs,
 )
@@ -77,6 +78,8 @@ class SuiteResult:
     #: eps attacks: points handed to the attack at each eps (unpruned: ``n_points`` each).
     calls_by_eps: dict[str, list[int]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"  # what the attacks queried; verification is always float32
+    compiled: bool = False
 
     @property
     def n_points(self) -> int:
@@ -116,6 +119,8 @@ class SuiteResult:
             "calls_by_eps": dict(self.calls_by_eps),
             "certificate_violations": self.certificate_violations.tolist(),
             "pruned": self.pruned,
+            "precision": self.precision,
+            "compiled": self.compiled,
             "seconds": dict(self.seconds),
             "info": _jsonable(self.info),
         }
@@ -153,6 +158,8 @@ def run_attack_suite(
     progress: bool = True,
     n_examples: int = 8,
     bounds: tuple[float, float] = (0.0, 1.0),
+    precision: str = "fp32",
+    compile_model: bool = False,
 ) -> SuiteResult:
     """Run ``attacks`` on ``(x, y)`` at every radius in ``epsilons``; see the module docstring.
 
@@ -162,12 +169,23 @@ def run_attack_suite(
     ``bounds``: the input box, ``(0, 1)`` for images. Other boxes are attacked through
     the exact reparametrisation ``x = low + (high - low) z`` with ``z`` in the unit box,
     radii divided by ``high - low`` (L2 distances scale uniformly); results are mapped
-    back. All inputs are checked before the model is called.
+    back. ``precision="bf16"`` lets the attacks query the model under bf16 autocast and
+    ``compile_model`` compiles what they query; every success is still verified on the
+    float32 model. All inputs are checked before the model is called.
     """
     low, high = (float(b) for b in bounds)
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(f"bounds must be finite (low, high) with low < high, got {bounds!r}")
-    settings = dict(batch_size=batch_size, device=device, options=options, prune=prune, progress=progress, n_examples=n_examples)
+    settings = dict(
+        batch_size=batch_size,
+        device=device,
+        options=options,
+        prune=prune,
+        progress=progress,
+        n_examples=n_examples,
+        precision=precision,
+        compile_model=compile_model,
+    )
     if (low, high) == (0.0, 1.0):
         return _run_unit_box(model, x, y, epsilons, attacks, certified_radius, **settings)
     scale = high - low
@@ -201,13 +219,16 @@ def _run_unit_box(
     prune: bool,
     progress: bool,
     n_examples: int,
+    precision: str,
+    compile_model: bool,
 ) -> SuiteResult:
     specs = _resolve_attacks(attacks, options)
+    check_precision(precision, compile_model)
     x, y, eps_list, radius = validate_inputs(x, y, epsilons, batch_size, certified_radius)
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 0:
         raise ValueError(f"n_examples must be an integer >= 0, got {n_examples!r}")
     n, k = len(x), min(n_examples, len(x))
-    with prepared_target(model, device, x, y) as target:
+    with prepared_target(model, device, x, y, precision, compile_model) as target:
         for spec, opts in specs:
             if spec.check is not None:
                 spec.check(x, target.n_classes, opts)
@@ -230,6 +251,8 @@ def _run_unit_box(
             calls_unpruned={},
             certificate_violations=np.zeros(len(eps_list), int),
             pruned=prune,
+            precision=precision,
+            compiled=compile_model,
         )
         for spec, opts in specs:
             start = time.perf_counter()
