@@ -75,8 +75,8 @@ class AutocastLogits(nn.Module):
     """``model`` run under ``torch.autocast(dtype)``, returning float32 logits.
 
     Attacks query this (faster on GPUs with bf16 units); the points they return are then
-    re-checked on the float32 model, so reduced precision can only make an attack weaker,
-    never create a false success.
+    re-checked on the float32 model, so reduced precision changes the search (it may make
+    an attack weaker) but can never create a false success.
     """
 
     def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -95,7 +95,7 @@ class Target:
 
     ``model`` is the float32 model that every success is verified on; ``net`` is what the
     attacks query: the same model, seen as two logits if binary, possibly under bf16
-    autocast and/or compiled (``precision`` and ``compiled`` record which).
+    autocast and/or compiled (see :func:`prepared_target`).
     """
 
     model: nn.Module
@@ -103,8 +103,6 @@ class Target:
     n_classes: int  # number of logits of ``net``
     binary: bool
     device: torch.device
-    precision: str = "fp32"
-    compiled: bool = False
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -278,7 +276,7 @@ def prepared_target(
             net = AutocastLogits(net, device.type).eval()
         if compile_model:
             net = torch.compile(net, dynamic=True)
-        yield Target(model, net, n_classes, binary, device, precision, compile_model)
+        yield Target(model, net, n_classes, binary, device)
     finally:
         model.train(was_training)
         for p, flag in zip(params, requires_grad):
