@@ -74,8 +74,3 @@ def environment_record(device: torch.device | str = "cpu", seed: int | None = No
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "seed": seed,
     }
-
-
-def best_device() -> torch.device:
-    """CUDA when available, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

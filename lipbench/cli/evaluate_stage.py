@@ -29,20 +29,18 @@ def _headline(stage: str, summary: dict) -> str:
     return f"{summary['status']} (lower bound {lower:.4g} <= upper bound {upper:.4g})"
 
 
-def make_run(stage: str):
-    def run(args: argparse.Namespace) -> int:
-        from lipbench.evaluate.run import VerificationFailed, run_stage
-        from lipbench.profiles import load_profile
+def run(args: argparse.Namespace) -> int:
+    from lipbench.evaluate.run import VerificationFailed, run_stage
+    from lipbench.profiles import load_profile
 
-        try:
-            metrics = run_stage(load_profile(args.params), stage, args.dataset, args.progress)
-        except VerificationFailed as failure:
-            print(f"lipbench verify: FAILED for {args.dataset}:\n{failure}", file=sys.stderr)
-            return 1
-        for method, seeds in metrics["models"].items():
-            for seed, summary in seeds.items():
-                reused = " (unchanged, reused)" if summary.get("reused") else ""
-                print(f"lipbench {stage}: {args.dataset}/{method}/{seed}: {_headline(stage, summary)}{reused}")
-        return 0
-
-    return run
+    stage = args.command
+    try:
+        metrics = run_stage(load_profile(args.params), stage, args.dataset, args.progress)
+    except VerificationFailed as failure:
+        print(f"lipbench verify: FAILED for {args.dataset}:\n{failure}", file=sys.stderr)
+        return 1
+    for method, seeds in metrics["models"].items():
+        for seed, summary in seeds.items():
+            reused = " (unchanged, reused)" if summary.get("reused") else ""
+            print(f"lipbench {stage}: {args.dataset}/{method}/{seed}: {_headline(stage, summary)}{reused}")
+    return 0

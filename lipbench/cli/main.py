@@ -27,10 +27,6 @@ _COMMANDS = {
 }
 
 
-class UserError(Exception):
-    """An error with a message meant for the user (no traceback)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipbench", description="Benchmark of 1-Lipschitz classifiers (hKR, CVPR 2021).")
     parser.add_argument("--version", action="version", version=f"lipbench {__version__}")
@@ -39,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.make_run(name) if hasattr(module, "make_run") else module.run)
+        sub.set_defaults(_run=module.run)
     return parser
 
 
@@ -48,11 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from lipbench.data import DataError  # imported late: keeps --help fast
     from lipbench.registry import RegistryError
+    from lipbench.report.notebooks import NotebookError
     from lipbench.train import TrainingDivergedError
 
     try:
         return int(args._run(args) or 0)
-    except (UserError, DataError, RegistryError, ValueError, FileNotFoundError, TrainingDivergedError) as error:
+    except (DataError, RegistryError, ValueError, FileNotFoundError, TrainingDivergedError, NotebookError) as error:
         print(f"lipbench {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -17,12 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lipbench.data import get_dataset, prepare_dataset
+    from lipbench.data import prepare_dataset
     from lipbench.profiles import load_profile
 
     profile = load_profile(args.params)
     profile.check_member("dataset", args.dataset)
-    get_dataset(args.dataset)
     mirror = args.mirror or profile.mirror()
     manifest = prepare_dataset(args.dataset, profile.path_of("data"), profile.prepare_params(args.dataset), mirror)
     splits = manifest.get("splits", {})

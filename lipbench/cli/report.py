@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -21,13 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lipbench.profiles import load_profile
     from lipbench.report.build import build_report
-    from lipbench.report.notebooks import NotebookError
 
     profile = load_profile(args.params)
-    try:
-        outputs = build_report(profile, progress=not args.quiet, notebooks_dir=args.notebooks)
-    except NotebookError as error:
-        print(f"lipbench report: error: {error}", file=sys.stderr)
-        return 2
+    outputs = build_report(profile, progress=not args.quiet, notebooks_dir=args.notebooks)
     print(f"lipbench report: {outputs['index']} ({len(outputs['figures'])} figure files, {len(outputs['tables'])} table files)")
     return 0

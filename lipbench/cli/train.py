@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lipbench.cli._run_args import add_run_arguments
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="profile params file")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--method", required=True, help="a model variant of the profile's 'methods' list")
+    parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True, help="folder for weights.safetensors and checkpoint.pt")
     parser.add_argument("--metrics", type=Path, required=True, help="folder for metrics.json and history.json (git-tracked)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the profile's train.device)")

@@ -49,11 +49,12 @@ class Certification:
         }
 
     def summary(self) -> dict[str, Any]:
+        accuracy = self.certified_accuracy  # computed once, not once per eps
         return {
             "points": len(self.radius),
             "clean_accuracy": float(self.correct.mean()),
             "epsilons": self.epsilons,
-            "certified_accuracy": [self.certified_accuracy[float(eps)] for eps in self.epsilons],
+            "certified_accuracy": [accuracy[float(eps)] for eps in self.epsilons],
             "median_certified_radius_correct": float(np.median(self.radius[self.correct])) if self.correct.any() else 0.0,
             "lipschitz_upper_bound": self.upper.as_dict(),
         }

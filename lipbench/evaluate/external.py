@@ -13,42 +13,39 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lipbench.evaluate.run import ModelRun, VerificationFailed, evaluate_one, fingerprint
+from torch import nn
+
+from lipbench.evaluate.layout import ModelRun
+from lipbench.evaluate.run import VerificationFailed, check_weights_match, evaluate_one, fingerprint
 from lipbench.evaluate.settings import evaluation_settings
 from lipbench.io import write_json_atomic
-from lipbench.methods import get_method
 from lipbench.nn import export
 from lipbench.profiles import Profile
 from lipbench.report.leaderboard import build_entry, external_entries_dir
 from lipbench.train import config_from_profile
-from lipbench.train.artifacts import WEIGHTS_FORMAT, ModelMetadata, check_state_dict, read_safetensors, save_plain_weights
+from lipbench.train.artifacts import (
+    WEIGHTS_FORMAT,
+    ModelMetadata,
+    build_from_metadata,
+    check_state_dict,
+    read_safetensors,
+    save_plain_weights,
+)
 
 __all__ = ["evaluate_external"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _plain_state(path: Path, profile: Profile, dataset: str, method: str) -> tuple[dict, Any]:
-    """The exported state dict, checked against the method's architecture for the dataset."""
+def _plain_model(path: Path, profile: Profile, dataset: str, method: str) -> tuple[nn.Module, ModelMetadata]:
+    """The exported plain model held by ``path``, checked against the method's architecture for the dataset."""
     metadata, tensors = read_safetensors(path)
     config = config_from_profile(profile, dataset, method, profile.seeds[0])
     if metadata.get("format") == WEIGHTS_FORMAT:
-        recorded = ModelMetadata.from_strings(metadata, str(path))
-        if (recorded.dataset, recorded.method, recorded.architecture) != (dataset, config.method, config.architecture):
-            raise ValueError(
-                f"{path}: holds a {recorded.method} {recorded.architecture} model for {recorded.dataset}, not the "
-                f"{config.method} {config.architecture} model of {dataset}/{method}"
-            )
+        check_weights_match(path, ModelMetadata.from_strings(metadata, str(path)), config, f"{dataset}/{method}")
     if any(key.startswith("exported.") for key in tensors):
         tensors = {key.removeprefix("exported."): value for key, value in tensors.items() if key.startswith("exported.")}
-    plain = export(
-        get_method(config.method).build_model(
-            config.input_shape, config.num_classes, config.architecture, config.recipe.conv_correction
-        )
-    )
-    check_state_dict(plain, tensors, f"{path}: does not match {config.method}'s {config.architecture} architecture for {dataset}")
-    plain.load_state_dict(tensors)
-    metadata_record = ModelMetadata(
+    expected = ModelMetadata(
         dataset,
         method,
         config.method,
@@ -58,7 +55,10 @@ def _plain_state(path: Path, profile: Profile, dataset: str, method: str) -> tup
         config.method_params,
         config.recipe.conv_correction,
     )
-    return plain, metadata_record
+    plain = export(build_from_metadata(expected))
+    check_state_dict(plain, tensors, f"{path}: does not match {config.method}'s {config.architecture} architecture for {dataset}")
+    plain.load_state_dict(tensors)
+    return plain, expected
 
 
 def evaluate_external(
@@ -74,7 +74,7 @@ def evaluate_external(
     if not weights.is_file():
         raise FileNotFoundError(f"weights file {weights} does not exist")
     settings = evaluation_settings(profile, dataset)
-    plain, metadata = _plain_state(weights, profile, dataset, method)
+    plain, metadata = _plain_model(weights, profile, dataset, method)
     stored = profile.path_of("data") / "external" / dataset / name / "weights.safetensors"
     save_plain_weights(stored, plain, metadata)
     run = ModelRun(dataset, method, profile.seeds[0], stored, external=name)

@@ -13,6 +13,7 @@ Everything is measured on the exported plain model loaded from the weights file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -20,7 +21,6 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,52 +29,33 @@ import torch
 from tqdm import tqdm
 
 from lipbench.data import load_dataset, take_tensors
+from lipbench.data.base import MANIFEST_NAME, prepared_dir, sha256_file
 from lipbench.devices import resolve_device
 from lipbench.environment import environment_record, source_fingerprint
 from lipbench.evaluate.attacks import run_attack_suite
 from lipbench.evaluate.certification import certify_model
+from lipbench.evaluate.layout import STAGES, ModelRun, output_dir, stage_metrics_path
 from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
 from lipbench.evaluate.verification import verify_model
 from lipbench.io import atomic_path, read_json, write_json_atomic
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
-from lipbench.train import config_from_profile, load_weights
+from lipbench.train import ModelMetadata, TrainConfig, config_from_profile, load_weights
 
 __all__ = [
-    "STAGES",
-    "ModelRun",
     "model_runs",
-    "output_dir",
-    "stage_metrics_path",
     "run_stage",
     "evaluate_one",
     "fingerprint",
+    "check_weights_match",
     "VerificationFailed",
 ]
 
-STAGES = ("certify", "attack", "verify")
 _UPSTREAM = {"certify": (), "attack": ("certify",), "verify": ("certify", "attack")}
 
 
 class VerificationFailed(Exception):
     """The soundness gate failed; the message lists every failure."""
-
-
-@dataclass(frozen=True)
-class ModelRun:
-    """A model to evaluate; ``external`` names an externally trained checkpoint."""
-
-    dataset: str
-    method: str
-    seed: int
-    weights: Path
-    external: str | None = None
-
-    @property
-    def label(self) -> str:
-        if self.external is not None:
-            return f"{self.dataset}/external/{self.external}"
-        return f"{self.dataset}/{self.method}/seed{self.seed}"
 
 
 def model_runs(profile: Profile, dataset: str) -> list[ModelRun]:
@@ -91,24 +72,10 @@ def model_runs(profile: Profile, dataset: str) -> list[ModelRun]:
     return runs
 
 
-def output_dir(profile: Profile, stage: str, run: ModelRun) -> Path:
-    if run.external is not None:
-        return profile.path_of("evaluation") / "external" / stage / run.dataset / run.external
-    return profile.path_of("evaluation") / stage / run.dataset / run.method / f"seed{run.seed}"
-
-
-def stage_metrics_path(profile: Profile, stage: str, dataset: str) -> Path:
-    return profile.path_of("metrics") / stage / f"{dataset}.json"
-
-
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def fingerprint(profile: Profile, stage: str, run: ModelRun, settings: EvaluationSettings) -> str:
     """Identifies a model's stage inputs: weights, upstream outputs, settings, lipbench's source."""
-    inputs = [_file_hash(run.weights)]
-    inputs += [_file_hash(output_dir(profile, upstream, run) / f"{upstream}.npz") for upstream in _UPSTREAM[stage]]
+    inputs = [sha256_file(run.weights)[:16]]
+    inputs += [sha256_file(output_dir(profile, upstream, run) / f"{upstream}.npz")[:16] for upstream in _UPSTREAM[stage]]
     payload = json.dumps([stage, inputs, settings.for_stage(stage), source_fingerprint()], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -119,20 +86,44 @@ def _save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
             np.savez_compressed(handle, **arrays)
 
 
+def check_weights_match(path: Path, metadata: ModelMetadata, config: TrainConfig, label: str) -> None:
+    """``ValueError`` unless the weights file holds the dataset, method and architecture of ``config``."""
+    if (metadata.dataset, metadata.method, metadata.architecture) != (config.dataset, config.method, config.architecture):
+        raise ValueError(
+            f"{path}: holds a {metadata.method} {metadata.architecture} model for {metadata.dataset}, but {label} "
+            f"is a {config.method} {config.architecture} model; pass the matching weights file"
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_test_points(data_dir: Path, dataset: str, prepare_params: str, count: int, manifest_stamp: tuple[int, int]):
+    splits = load_dataset(dataset, data_dir, json.loads(prepare_params))
+    x, y = take_tensors(splits.test, count)
+    return x, y, splits.info
+
+
+def _test_points(profile: Profile, dataset: str, count: int):
+    """The first ``count`` test points and the dataset info, read once per process: every model
+    of a stage (and every stage of ``lipbench evaluate``) uses the same points. The cache key
+    includes the prepared data's manifest, so re-prepared data is read again."""
+    data_dir = profile.path_of("data")
+    manifest = prepared_dir(data_dir, dataset) / MANIFEST_NAME
+    if not manifest.is_file():  # not prepared: let the loader raise its error
+        load_dataset(dataset, data_dir, profile.prepare_params(dataset))
+    status = manifest.stat()
+    params = json.dumps(profile.prepare_params(dataset), sort_keys=True)
+    return _cached_test_points(data_dir, dataset, params, count, (status.st_ino, status.st_mtime_ns))
+
+
 def _load_model_and_points(profile: Profile, run: ModelRun, settings: EvaluationSettings):
     """Load the weights (checked against the architecture and the profile's method) and
     the first ``certify_points`` test points."""
     config = config_from_profile(profile, run.dataset, run.method, run.seed)
     device = resolve_device(settings.device)
     model, metadata = load_weights(run.weights, device)
-    if (metadata.dataset, metadata.method, metadata.architecture) != (run.dataset, config.method, config.architecture):
-        raise ValueError(
-            f"{run.weights}: holds a {metadata.method} {metadata.architecture} model for {metadata.dataset}, but the profile's "
-            f"{run.label} is a {config.method} {config.architecture} model; pass the matching weights file"
-        )
-    splits = load_dataset(run.dataset, profile.path_of("data"), profile.prepare_params(run.dataset))
-    x, y = take_tensors(splits.test, settings.certify_points)
-    return model, x.to(device), y.to(device), splits.info
+    check_weights_match(run.weights, metadata, config, f"the profile's {run.label}")
+    x, y, info = _test_points(profile, run.dataset, settings.certify_points)
+    return model, x.to(device), y.to(device), info
 
 
 def _certify(profile: Profile, run: ModelRun, settings: EvaluationSettings, out: Path) -> dict[str, Any]:
@@ -205,8 +196,8 @@ def _verify(profile: Profile, run: ModelRun, settings: EvaluationSettings, out: 
     certify_out, attack_out = output_dir(profile, "certify", run), output_dir(profile, "attack", run)
     certificates = dict(np.load(certify_out / "certify.npz"))
     upper = read_json(certify_out / "summary.json")["lipschitz_upper_bound"]
-    attacks = dict(np.load(attack_out / "attack.npz")) if (attack_out / "attack.npz").is_file() else None
-    attack_summary = read_json(attack_out / "summary.json") if (attack_out / "summary.json").is_file() else None
+    attacks = dict(np.load(attack_out / "attack.npz"))
+    attack_summary = read_json(attack_out / "summary.json")
     verify = settings.verify
     result = verify_model(
         f"{profile.name}:{run.label}",

@@ -115,6 +115,7 @@ def _build_into(profile: Profile, out: Path, sources: list[Path], cwd: Path, exp
     from lipbench.report.index import render_index
     from lipbench.report.leaderboard import write_leaderboard
     from lipbench.report.notebooks import NotebookError, run_notebook
+    from lipbench.report.plotting import FORMATS
     from lipbench.report.tables import all_tables, write_plot_csvs, write_tables
 
     tables = all_tables(profile)
@@ -124,7 +125,7 @@ def _build_into(profile: Profile, out: Path, sources: list[Path], cwd: Path, exp
     (out / "figures").mkdir()
     notebooks = [run_notebook(source, profile.path, out, cwd, log=log) for source in sources]
     figures = sorted(path for path in (out / "figures").iterdir() if path.is_file())
-    wanted = [f"{stem}.{fmt}" for stem in expected for fmt in ("png", "svg")]
+    wanted = [f"{stem}.{fmt}" for stem in expected for fmt in FORMATS]
     missing = [name for name in wanted if not (out / "figures" / name).is_file()]
     if missing:
         raise NotebookError(f"the report notebooks in {sources[0].parent} did not produce the figures {', '.join(missing)}")

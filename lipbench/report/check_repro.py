@@ -6,10 +6,12 @@ provenance are not compared (they legitimately change). Tolerances (absolute unl
 =====================================  =========================================
 accuracies, success rates, radii        0.02
 Lipschitz bounds and norms              relative 1e-3 (upper), 5e-2 (lower)
-losses                                  relative 5e-2 (absolute 1e-3 near 0)
+losses                                  relative 5e-2
 counts (points, calls, parameters)      exact
 strings (status, names)                 exact
 =====================================  =========================================
+
+Every relative tolerance has an absolute floor of 1e-3: a value near 0 may differ by 1e-3.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def compare_values(file: str, committed: Any, fresh: Any) -> list[Comparison]:
             if math.isinf(a) or math.isinf(b) or math.isnan(a) or math.isnan(b):
                 ok = a == b or (math.isnan(a) and math.isnan(b))
             else:
+                # relative: max(tolerance * |a|, 1e-3), the absolute floor near 0 (0 when tolerance is 0)
                 limit = tolerance * max(abs(a), 1e-3 / max(tolerance, 1e-12)) if relative else tolerance
                 ok = abs(a - b) <= limit
             rows.append(Comparison(file, key, a, b, description, ok))
@@ -100,13 +103,20 @@ def compare_values(file: str, committed: Any, fresh: Any) -> list[Comparison]:
     return rows
 
 
-def committed_version(path: Path, revision: str = "HEAD") -> Any | None:
-    """The JSON content of ``path`` at ``revision`` (None when it was not committed)."""
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True, text=True)
+def _git_root(folder: Path) -> Path:
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True)
     if root.returncode != 0:
-        raise ValueError(f"{path} is not inside a git checkout; check-repro compares with committed metrics")
-    relative = path.resolve().relative_to(Path(root.stdout.strip()).resolve())
-    shown = subprocess.run(["git", "show", f"{revision}:{relative.as_posix()}"], cwd=root.stdout.strip(), capture_output=True)
+        raise ValueError(f"{folder} is not inside a git checkout; check-repro compares with committed metrics")
+    return Path(root.stdout.strip()).resolve()
+
+
+def committed_version(path: Path, revision: str = "HEAD", root: Path | None = None) -> Any | None:
+    """The JSON content of ``path`` at ``revision`` (None when it was not committed).
+
+    ``root``: the checkout's top folder (found from ``path`` when not given)."""
+    root = _git_root(path.parent) if root is None else root
+    relative = path.resolve().relative_to(root)
+    shown = subprocess.run(["git", "show", f"{revision}:{relative.as_posix()}"], cwd=root, capture_output=True)
     return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 
@@ -114,9 +124,10 @@ def compare_metrics(metrics_dir: Path, revision: str = "HEAD") -> list[Compariso
     """Every JSON metrics file under ``metrics_dir`` against its committed version."""
     if not metrics_dir.is_dir():
         raise FileNotFoundError(f"{metrics_dir} does not exist; run the pipeline first (dvc repro)")
+    root = _git_root(metrics_dir)
     rows: list[Comparison] = []
     for path in sorted(metrics_dir.rglob("*.json")):
-        committed = committed_version(path, revision)
+        committed = committed_version(path, revision, root)
         name = str(path)
         if committed is None:
             rows.append(Comparison(name, "(file)", "<not committed>", "present", "present", False))

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from lipbench.evaluate.layout import STAGES
 from lipbench.profiles import Profile
-from lipbench.report.inputs import STAGES, ModelKey, model_keys, read_stage, read_train, stage_summary
+from lipbench.report.inputs import ModelKey, model_keys, read_stage, read_train, stage_summary
 from lipbench.report.tables import Table
 
 __all__ = ["environment_rows", "runtime_tables", "render_index"]
@@ -57,10 +58,9 @@ def _distinct(values: Iterable[Any]) -> str:
 def environment_rows(profile: Profile) -> list[tuple[str, str]]:
     """(field, value) rows: versions, hardware and git commit of the training and evaluation runs."""
     train_envs = [read_train(profile, key).get("environment", {}) for key in model_keys(profile)]
+    jsons = {(stage, dataset): read_stage(profile, stage, dataset) for stage in STAGES for dataset in profile.datasets}
     eval_envs = [
-        stage_summary(read_stage(profile, stage, key.dataset), key).get("environment", {})
-        for stage in STAGES
-        for key in model_keys(profile)
+        stage_summary(jsons[stage, key.dataset], key).get("environment", {}) for stage in STAGES for key in model_keys(profile)
     ]
     rows = [
         ("profile", f"{profile.name} ({profile.path})"),

@@ -16,16 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from lipbench.evaluate.layout import STAGES, ModelRun, output_dir, stage_metrics_path
 from lipbench.io import read_json
 from lipbench.profiles import Profile
 
 __all__ = [
-    "STAGES",
     "ReportInputError",
     "ModelKey",
     "model_keys",
     "train_metrics_path",
-    "stage_json_path",
     "arrays_path",
     "check_inputs",
     "read_train",
@@ -37,7 +36,6 @@ __all__ = [
     "latex_name",
 ]
 
-STAGES = ("certify", "attack", "verify")
 _ARRAY_STAGES = ("certify", "attack")
 _CERTIFY_KEYS = ("radius", "correct", "labels", "logits", "gradients")
 _ATTACK_KEYS = ("epsilons", "robust", "clean_correct", "example_indices")
@@ -68,21 +66,30 @@ def model_keys(profile: Profile, dataset: str | None = None) -> list[ModelKey]:
 
 
 def train_metrics_path(profile: Profile, key: ModelKey, name: str = "metrics.json") -> Path:
+    """A file of the train stage's metrics folder (``--metrics`` of ``lipbench train`` in dvc.yaml)."""
     return profile.path_of("metrics") / "train" / key.dataset / key.model / f"seed{key.seed}" / name
 
 
-def stage_json_path(profile: Profile, stage: str, dataset: str) -> Path:
-    return profile.path_of("metrics") / stage / f"{dataset}.json"
+def _model_dir(profile: Profile, key: ModelKey) -> Path:
+    """The train stage's ``--out`` folder (weights), as in dvc.yaml."""
+    return profile.path_of("models") / key.dataset / key.model / f"seed{key.seed}"
 
 
 def arrays_path(profile: Profile, stage: str, key: ModelKey) -> Path:
-    return profile.path_of("evaluation") / stage / key.dataset / key.model / f"seed{key.seed}" / f"{stage}.npz"
+    """The per-point ``<stage>.npz`` of one model, in the evaluation stage's output folder."""
+    run = ModelRun(key.dataset, key.model, key.seed, _model_dir(profile, key) / "weights.safetensors")
+    return output_dir(profile, stage, run) / f"{stage}.npz"
 
 
 def _command(profile: Profile, stage: str, dataset: str, key: ModelKey | None = None) -> str:
     params = shlex.quote(str(profile.path))
     if stage == "train" and key is not None:
-        return f"lipbench train --params {params} --dataset {dataset} --method {key.model} --seed {key.seed}"
+        out = shlex.quote(str(_model_dir(profile, key)))
+        metrics = shlex.quote(str(train_metrics_path(profile, key).parent))
+        return (
+            f"lipbench train --params {params} --dataset {dataset} --method {key.model} --seed {key.seed} "
+            f"--out {out} --metrics {metrics}"
+        )
     return f"lipbench {stage} --params {params} --dataset {dataset}"
 
 
@@ -104,7 +111,7 @@ def check_inputs(profile: Profile) -> None:
             missing(f"{_prepared_manifest(profile, dataset)} is missing", "prepare", dataset)
         stage_models: dict[str, Mapping[str, Any]] = {}
         for stage in STAGES:
-            path = stage_json_path(profile, stage, dataset)
+            path = stage_metrics_path(profile, stage, dataset)
             if path.is_file():
                 stage_models[stage] = read_json(path).get("models", {})
             else:
@@ -114,7 +121,7 @@ def check_inputs(profile: Profile) -> None:
                 missing(f"{train_metrics_path(profile, key)} is missing", "train", dataset, key)
             for stage, models in stage_models.items():
                 if f"seed{key.seed}" not in models.get(key.model, {}):
-                    missing(f"{stage_json_path(profile, stage, dataset)} has no entry for {key.label}", stage, dataset)
+                    missing(f"{stage_metrics_path(profile, stage, dataset)} has no entry for {key.label}", stage, dataset)
             for stage in _ARRAY_STAGES:
                 path = arrays_path(profile, stage, key)
                 if not path.is_file():
@@ -142,7 +149,7 @@ def read_train(profile: Profile, key: ModelKey) -> dict[str, Any]:
 
 def read_stage(profile: Profile, stage: str, dataset: str) -> dict[str, Any]:
     """A stage's dataset JSON (``{"seconds", "models": {model: {"seed<k>": summary}}, ...}``)."""
-    return read_json(stage_json_path(profile, stage, dataset))
+    return read_json(stage_metrics_path(profile, stage, dataset))
 
 
 def stage_summary(stage_json: Mapping[str, Any], key: ModelKey) -> dict[str, Any]:

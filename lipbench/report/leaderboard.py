@@ -145,22 +145,21 @@ def external_entries_dir(profile: Profile) -> Path:
 
 def collect_entries(profile: Profile) -> list[dict[str, Any]]:
     """Entries of every trained model of the profile, plus validated external entries."""
-    from lipbench.evaluate.run import stage_metrics_path
+    from lipbench.evaluate.layout import STAGES
     from lipbench.evaluate.settings import evaluation_settings
+    from lipbench.report.inputs import ModelKey, read_stage, read_train, stage_summary
     from lipbench.train import config_from_profile
 
     entries = []
-    metrics_root = profile.path_of("metrics")
     for dataset in profile.datasets:
         headline = evaluation_settings(profile, dataset).headline_eps
-        stages = {
-            stage: read_json(stage_metrics_path(profile, stage, dataset))["models"] for stage in ("certify", "attack", "verify")
-        }
+        stages = {stage: read_stage(profile, stage, dataset) for stage in STAGES}
         for model in profile.models:
             for seed in profile.seeds:
+                key = ModelKey(dataset, model, seed)
                 config = config_from_profile(profile, dataset, model, seed)
-                train = read_json(metrics_root / "train" / dataset / model / f"seed{seed}" / "metrics.json")
-                summaries = {stage: stages[stage][model][f"seed{seed}"] for stage in stages}
+                train = read_train(profile, key)
+                summaries = {stage: stage_summary(stages[stage], key) for stage in stages}
                 entries.append(
                     build_entry(
                         profile.name,

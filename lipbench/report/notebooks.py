@@ -2,9 +2,9 @@
 
 Each notebook runs in a fresh kernel (the Python running lipbench), with the working
 directory given by the caller (the repository root) and two environment variables:
-``LIPBENCH_PARAMS`` (the profile's params file) and ``LIPBENCH_REPORT_OUT`` (the folder
-the figures go to, ``<out>/figures``). Cell timing is not recorded, so the rendered
-HTML depends on the inputs only.
+``LIPBENCH_PARAMS`` (the profile's params file) and ``LIPBENCH_REPORT_OUT`` (the report's
+output folder ``<out>``; the notebooks save their figures in ``<out>/figures``). Cell
+timing is not recorded, so the rendered HTML depends on the inputs only.
 """
 
 from __future__ import annotations

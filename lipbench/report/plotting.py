@@ -16,9 +16,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+import torch
 from matplotlib.figure import Figure
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
+from lipbench.evaluate.attacks import accuracy_from_min_norms
+from lipbench.evaluate.certify import certified_accuracy
 from lipbench.io import atomic_path
 from lipbench.profiles import Profile
 from lipbench.report.inputs import ModelKey, display_name, load_arrays, read_stage, read_train, stage_summary
@@ -30,8 +33,6 @@ __all__ = [
     "save_figure",
     "show",
     "palette",
-    "accuracy_from_norms",
-    "certified_curve",
     "RobustnessCurves",
     "LevelSetPanel",
     "robustness_curves",
@@ -97,18 +98,6 @@ def palette(models: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     return {model: colors[i] for i, model in enumerate(models)}
 
 
-def accuracy_from_norms(min_norm: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """Robust accuracy at each ``eps`` implied by minimal adversarial norms (0: misclassified, inf: none)."""
-    norms = np.asarray(min_norm, dtype=np.float64)
-    return (norms[None, :] > np.asarray(eps, dtype=np.float64)[:, None]).mean(axis=1)
-
-
-def certified_curve(radius: np.ndarray, correct: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """Certified accuracy at each ``eps``: correct points with a radius strictly above it."""
-    ok = np.asarray(correct, bool)[None, :] & (np.asarray(radius, np.float64)[None, :] > np.asarray(eps)[:, None])
-    return ok.mean(axis=1)
-
-
 @dataclass
 class RobustnessCurves:
     """A model's accuracy-vs-eps data (averaged over the profile's seeds)."""
@@ -137,11 +126,13 @@ def robustness_curves(profile: Profile, dataset: str, eps_max: float | None = No
         certified, deepfool = [], []
         for key in keys:
             cert = load_arrays(profile, "certify", key)
-            certified.append(certified_curve(cert["radius"], cert["correct"], grid))
+            radius = torch.as_tensor(np.asarray(cert["radius"], np.float64))
+            by_eps = certified_accuracy(radius, torch.as_tensor(cert["correct"]), grid.tolist())
+            certified.append([by_eps[float(eps)] for eps in grid])
             attack = load_arrays(profile, "attack", key)
             norms = attack.get("min_norm_deepfool_l2_curve", attack.get("min_norm_deepfool_l2"))
             if norms is not None:
-                deepfool.append(accuracy_from_norms(norms, grid))
+                deepfool.append(accuracy_from_min_norms(norms, grid))
         names = summaries[0]["attacks"]
         result.append(
             RobustnessCurves(

@@ -23,10 +23,20 @@ import numpy as np
 from lipbench.io import write_text_atomic
 from lipbench.profiles import Profile
 from lipbench.report.inputs import ModelKey, latex_name, read_stage, read_train, stage_summary
+from lipbench.report.plotting import ATTACK_LABELS
 
-__all__ = ["Table", "robustness_table", "cost_table", "lipschitz_table", "all_tables", "write_tables", "write_plot_csvs"]
+__all__ = [
+    "Table",
+    "latex_escape",
+    "robustness_table",
+    "cost_table",
+    "lipschitz_table",
+    "all_tables",
+    "write_tables",
+    "plot_rows",
+    "write_plot_csvs",
+]
 
-ATTACK_NAMES = {"fgm": "FGM", "pgd_l2": "PGD", "cw_l2": "C&W", "deepfool_l2": "DeepFool", "autoattack_l2": "AutoAttack"}
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
@@ -130,7 +140,7 @@ def robustness_table(profile: Profile, dataset: str) -> Table:
     certify, attack = read_stage(profile, "certify", dataset), read_stage(profile, "attack", dataset)
     first = stage_summary(attack, ModelKey(dataset, profile.models[0], profile.seeds[0]))
     attacks, epsilons = list(first["attacks"]), [float(e) for e in first["epsilons"]]
-    columns = ["Method", "Model", "ε", "Clean", *[ATTACK_NAMES.get(a, a) for a in attacks], "All attacks", "Certified"]
+    columns = ["Method", "Model", "ε", "Clean", *[ATTACK_LABELS.get(a, a) for a in attacks], "All attacks", "Certified"]
     table = Table(
         f"robustness_{dataset}",
         f"Robust and certified accuracy (%) on {dataset}, L2 threat model",

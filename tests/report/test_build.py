@@ -150,4 +150,6 @@ def test_cli_reports_missing_training_metrics(tmp_path: Path, report_data: Path,
     assert main(["report", "--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "lipbench report: error:" in err and "lipbench train --params" in err and "--method kr --seed 0" in err
+    metrics = train_metrics_path(profile, ModelKey("moons", "kr", 0)).parent
+    assert f"--out {profile.path_of('models') / 'moons' / 'kr' / 'seed0'} --metrics {metrics}`" in err
     assert not profile.path_of("reports").joinpath("index.html").exists()

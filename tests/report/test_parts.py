@@ -7,7 +7,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
+from lipbench.evaluate.attacks import accuracy_from_min_norms
+from lipbench.evaluate.certify import certified_accuracy
 from lipbench.profiles import load_profile
 from lipbench.report import plotting
 from lipbench.report.build import _swap_in
@@ -18,9 +21,10 @@ from lipbench.report.tables import Table, latex_escape
 
 def test_curves_from_norms_and_radii() -> None:
     norms = np.array([0.0, 0.2, 0.5, np.inf])  # misclassified, two attacked, one never broken
-    assert plotting.accuracy_from_norms(norms, np.array([0.0, 0.2, 0.3, 10.0])).tolist() == [0.75, 0.5, 0.5, 0.25]
-    radius, correct = np.array([0.1, 0.4, 0.9]), np.array([True, True, False])
-    assert plotting.certified_curve(radius, correct, np.array([0.0, 0.1, 0.5])).tolist() == pytest.approx([2 / 3, 1 / 3, 0])
+    assert accuracy_from_min_norms(norms, np.array([0.0, 0.2, 0.3, 10.0])).tolist() == [0.75, 0.5, 0.5, 0.25]
+    radius, correct = torch.tensor([0.1, 0.4, 0.9]), torch.tensor([True, True, False])
+    certified = certified_accuracy(radius, correct, [0.0, 0.1, 0.5])
+    assert list(certified.values()) == pytest.approx([2 / 3, 1 / 3, 0])
 
 
 def test_paper_names_become_math() -> None:

@@ -36,7 +36,6 @@ from lipbench.evaluate.attacks.base import (
     AttackSpec,
     Target,
     batches,
-    check_precision,
     prepared_target,
     validate_inputs,
 )
@@ -223,7 +222,6 @@ def _run_unit_box(
     compile_model: bool,
 ) -> SuiteResult:
     specs = _resolve_attacks(attacks, options)
-    check_precision(precision, compile_model)
     x, y, eps_list, radius = validate_inputs(x, y, epsilons, batch_size, certified_radius)
     if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 0:
         raise ValueError(f"n_examples must be an integer >= 0, got {n_examples!r}")
