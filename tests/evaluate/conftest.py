@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -12,21 +10,9 @@ import torch
 from torch import nn
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread (and do not fight other processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
+def _one_thread(one_thread: None) -> None:
+    """Every module here runs torch on one thread (tests/conftest.py's ``one_thread``)."""
 
 
 @dataclass
@@ -75,37 +61,37 @@ def _lipschitz_radius(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, bi
 
 @functools.cache
 def _train(n_classes: int, noise: float, n_test: int, seed: int) -> Toy:
-    with single_thread():
-        torch.manual_seed(seed)
-        g = torch.Generator().manual_seed(seed)
-        protos = 0.2 + 0.6 * torch.rand(max(n_classes, 2), 64, generator=g)
-        x_train, y_train = _images(protos, 2000, noise, g)
-        x_test, y_test = _images(protos, n_test, noise, g)
-        binary = n_classes == 1
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, n_classes))
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(300):
-            i = torch.randint(0, len(x_train), (128,), generator=g)
-            out = model(x_train[i])
-            if binary:
-                loss = nn.functional.binary_cross_entropy_with_logits(out[:, 0], y_train[i].float())
-            else:
-                loss = nn.functional.cross_entropy(out, y_train[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        return Toy(model, x_test, y_test, _lipschitz_radius(model, x_test, y_test, binary))
+    """Trained once per session, by the first module that asks (under its ``one_thread``)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    protos = 0.2 + 0.6 * torch.rand(max(n_classes, 2), 64, generator=g)
+    x_train, y_train = _images(protos, 2000, noise, g)
+    x_test, y_test = _images(protos, n_test, noise, g)
+    binary = n_classes == 1
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, n_classes))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        i = torch.randint(0, len(x_train), (128,), generator=g)
+        out = model(x_train[i])
+        if binary:
+            loss = nn.functional.binary_cross_entropy_with_logits(out[:, 0], y_train[i].float())
+        else:
+            loss = nn.functional.cross_entropy(out, y_train[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return Toy(model, x_test, y_test, _lipschitz_radius(model, x_test, y_test, binary))
 
 
-@pytest.fixture(scope="session")
-def toy10() -> Toy:
+@pytest.fixture(scope="module")
+def toy10(one_thread: None) -> Toy:
     """10-class MLP on 8x8 images, clean accuracy around 90% (some points misclassified)."""
     return _train(10, 0.4, 32, 0)
 
 
-@pytest.fixture(scope="session")
-def toy_binary() -> Toy:
+@pytest.fixture(scope="module")
+def toy_binary(one_thread: None) -> Toy:
     """Single-logit binary MLP (class 1 iff f(x) > 0)."""
     return _train(1, 0.5, 24, 1)
 

@@ -88,3 +88,7 @@ def test_compiled_attacks_give_the_eager_results(toy10):
     compiled = run_attack_suite(toy10.model, toy10.x, toy10.y, EPS, compile_model=True, **kwargs)
     assert compiled.compiled and compiled.summary()["compiled"] is True
     np.testing.assert_array_equal(compiled.robust, eager.robust)
+    assert set(compiled.success) == set(eager.success) == {"fgm", "pgd_l2"}
+    for name in eager.success:
+        np.testing.assert_array_equal(compiled.success[name], eager.success[name], err_msg=name)
+    assert compiled.calls == eager.calls and compiled.calls_by_eps == eager.calls_by_eps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,10 @@ def test_stages_run_certify_attack_verify_and_reuse_unchanged_models(trained):
     assert summary["deepfool_curve"]["points"] == 60
     assert set(summary["per_attack_robust_accuracy"]) == {"fgm", "pgd_l2", "cw_l2", "deepfool_l2", "autoattack_l2"}
     assert attack["models"]["standard"]["seed0"]["clean_accuracy"] > 0.5
-    again = run_stage(profile, "certify", "digits", progress=False)
-    assert again["recomputed"] == [] and again["models"]["hkr"]["seed0"]["reused"]
+    for stage in ("certify", "attack", "verify"):
+        again = run_stage(profile, stage, "digits", progress=False)
+        assert again["recomputed"] == [], stage
+        assert all(again["models"][method]["seed0"]["reused"] for method in ("hkr", "standard")), stage
 
 
 def test_the_gate_fails_when_weights_are_scaled_after_certification(trained, tmp_path):
@@ -150,27 +153,48 @@ def test_pruned_and_unpruned_attacks_give_identical_results_on_a_trained_digits_
     assert results[False].certificate_violations.sum() == 0
 
 
-def test_unknown_attacks_and_negative_eps_are_refused_before_any_attack(tmp_path, monkeypatch):
-    def no_attacks(*args, **kwargs):
+@pytest.fixture
+def no_attacks(monkeypatch):
+    """The attack stage fails the test if it reaches the attacks."""
+
+    def refuse(*args, **kwargs):
         raise AssertionError("an attack ran")
 
-    monkeypatch.setattr(stages, "run_attack_suite", no_attacks)
-    profile = load_profile(write_params(tmp_path, attacks=["fgm", "fgsm"], attack_options={}))
-    with pytest.raises(RegistryError, match="unknown attack 'fgsm'; known attacks: autoattack_l2, cw_l2"):
-        evaluation_settings(profile, "digits")
-    profile = load_profile(write_params(tmp_path, epsilons=[0.1, -0.5]))
-    with pytest.raises(ProfileError, match=r"every eps must be a finite number >= 0, got -0.5"):
-        run_stage(profile, "attack", "digits", progress=False)
-    profile = load_profile(write_params(tmp_path, attack_options={"pgd_l2": {"stepz": 3}}))
-    with pytest.raises(ValueError, match="stepz"):
-        evaluation_settings(profile, "digits")
+    monkeypatch.setattr(stages, "run_attack_suite", refuse)
 
 
-def test_a_weights_file_of_another_architecture_is_refused_before_any_attack(trained, tmp_path, monkeypatch):
-    def no_attacks(*args, **kwargs):
-        raise AssertionError("an attack ran")
+def on_trained_models(trained: Path, folder: Path, **evaluate_overrides) -> Path:
+    """A profile with its own digits evaluation settings, reading the trained profile's data
+    and models, with a copy of its certified outputs (so the attack stage can start)."""
+    run_stage(load_profile(trained), "certify", "digits", progress=False)
+    shared = yaml.safe_load(trained.read_text())["paths"]
+    folder.mkdir()
+    path = write_params(folder, **evaluate_overrides)
+    params = yaml.safe_load(path.read_text())
+    params["paths"] |= {"data": shared["data"], "models": shared["models"]}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(shared["evaluation"], params["paths"]["evaluation"])
+    return path
 
-    monkeypatch.setattr(stages, "run_attack_suite", no_attacks)
+
+def test_unknown_attacks_and_negative_eps_are_refused_before_any_attack(trained, tmp_path, no_attacks):
+    # the guard is reachable: with valid (new) settings, the stage gets as far as the attacks
+    valid = load_profile(on_trained_models(trained, tmp_path / "valid", attacks=["fgm"], attack_options={}))
+    with pytest.raises(AssertionError, match="an attack ran"):
+        run_stage(valid, "attack", "digits", progress=False)
+    for name, overrides, error, message in [
+        ("unknown", {"attacks": ["fgm", "fgsm"], "attack_options": {}}, RegistryError,
+         "unknown attack 'fgsm'; known attacks: autoattack_l2, cw_l2"),
+        ("negative", {"epsilons": [0.1, -0.5]}, ProfileError, r"every eps must be a finite number >= 0, got -0.5"),
+        ("option", {"attack_options": {"pgd_l2": {"stepz": 3}}}, ValueError, "stepz"),
+    ]:  # fmt: skip
+        profile = load_profile(on_trained_models(trained, tmp_path / name, **overrides))
+        with pytest.raises(error, match=message):
+            run_stage(profile, "attack", "digits", progress=False)
+        assert not (profile.path_of("metrics") / "attack" / "digits.json").exists()
+
+
+def test_a_weights_file_of_another_architecture_is_refused_before_any_attack(trained, no_attacks):
     profile = load_profile(trained)
     run_stage(profile, "certify", "digits", progress=False)
     weights = profile.path_of("models") / "digits" / "standard" / "seed0" / "weights.safetensors"
@@ -209,21 +233,16 @@ def test_an_external_plain_checkpoint_is_evaluated_and_added_to_the_leaderboard(
     assert names == {"hkr", "standard", "mine"}
 
 
-def test_evaluate_refuses_pickles_and_mismatched_checkpoints_before_any_stage(trained, tmp_path, monkeypatch):
+def test_evaluate_refuses_pickles_and_mismatched_checkpoints_before_any_stage(trained, tmp_path, monkeypatch, no_unpickling):
     from lipbench.evaluate import external
 
     def no_stage(*args, **kwargs):
         raise AssertionError("a stage ran")
 
-    def no_unpickling(*args, **kwargs):
-        raise AssertionError("a pickle was unpickled")
-
     monkeypatch.setattr(external, "evaluate_one", no_stage)
     profile = load_profile(trained)
     torch.save({"0.weight": torch.zeros(2)}, tmp_path / "model.pt")
     torch.save({"0.weight": torch.zeros(2)}, tmp_path / "disguised.safetensors")
-    monkeypatch.setattr(torch, "load", no_unpickling)
-    monkeypatch.setattr("pickle.load", no_unpickling)
     for name in ("model.pt", "disguised.safetensors"):
         with pytest.raises(ValueError, match="never unpickles"):
             external.evaluate_external(profile, "digits", "hkr", tmp_path / name, "x", progress=False)

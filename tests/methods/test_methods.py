@@ -12,13 +12,7 @@ from lipbench.data import DATASETS, get_dataset
 from lipbench.methods import ARCHITECTURES, METHODS, Method, default_architecture, get_method, register_method
 from lipbench.registry import Registry, RegistryError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: torch on one thread for the module
 
 
 @pytest.mark.parametrize("dataset", DATASETS.names())
