@@ -31,7 +31,7 @@ from lipbench.evaluate.attacks import AutocastLogits
 from lipbench.io import write_json_atomic
 from lipbench.losses import hkr_multiclass_loss
 from lipbench.methods.builtin import l2_pgd
-from lipbench.train.loop import _parametrized, _precision_context  # the training loop's own bf16 step
+from lipbench.train.precision import parametrized_weights, precision_context  # the training loop's own bf16 step
 
 TARGETS = {
     "train_lipbench_over_unconstrained": 1.25,
@@ -91,11 +91,11 @@ def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool =
     (constrained weights computed once in fp32, then the step under autocast)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    parametrized = _parametrized(model)
+    parametrized = parametrized_weights(model)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _precision_context("bf16" if bf16 else "fp32", x.device, parametrized):
+        with precision_context("bf16" if bf16 else "fp32", x.device, parametrized):
             outputs = model(x)
         loss = hkr_multiclass_loss(outputs.float(), y, alpha=50.0, margin=1.0)
         loss.backward()

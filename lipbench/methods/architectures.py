@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
@@ -23,7 +22,6 @@ import lipbench.nn as lnn
 
 __all__ = ["Conv", "Pool", "Dense", "Architecture", "ARCHITECTURES", "KITS", "build_model", "default_architecture"]
 
-Kit = Literal["gnp", "lip1", "unconstrained"]
 KITS: tuple[str, ...] = ("gnp", "lip1", "unconstrained")
 
 

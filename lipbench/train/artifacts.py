@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 from torch import nn
 
 from lipbench.io import atomic_path
@@ -31,6 +31,7 @@ __all__ = [
     "load_weights",
     "build_from_metadata",
     "read_safetensors",
+    "canonical_safetensors",
     "check_state_dict",
 ]
 
@@ -87,19 +88,42 @@ def build_from_metadata(metadata: ModelMetadata) -> nn.Sequential:
     return method.build_model(metadata.input_shape, metadata.num_classes, metadata.architecture, metadata.conv_correction)
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its metadata entries in sorted order.
+
+    safetensors writes the metadata from a hash map, in a random order on every save, so
+    two saves of the same weights differ byte for byte (and DVC sees a new file). Sorting
+    the entries keeps the header's length, the tensors and their offsets unchanged."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # not written by safetensors' serialiser: leave the file as it is
+        return data
+    return data[:8] + text.ljust(length, b" ") + data[8 + length :]
+
+
+def _write_weights(path: str | Path, groups: Mapping[str, nn.Module], metadata: ModelMetadata) -> None:
+    """Write ``{prefix}.{key}`` tensors of each module's state dict atomically (temp file +
+    rename), byte-identical for identical weights and metadata."""
+    tensors = {
+        f"{prefix}.{key}": value.detach().cpu().contiguous()
+        for prefix, module in groups.items()
+        for key, value in module.state_dict().items()
+    }
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(canonical_safetensors(save(tensors, metadata=metadata.to_strings())))
+
+
 def save_plain_weights(path: str | Path, plain: nn.Module, metadata: ModelMetadata) -> None:
     """Write an already exported model's weights (``exported.*`` only) with lipbench metadata."""
-    tensors = {f"exported.{k}": v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata.to_strings())
+    _write_weights(path, {"exported": plain}, metadata)
 
 
 def save_weights(path: str | Path, model: nn.Module, metadata: ModelMetadata) -> None:
     """Write exported and constrained weights atomically (temp file + rename)."""
-    tensors = {f"exported.{k}": v.detach().cpu().contiguous() for k, v in export(model).state_dict().items()}
-    tensors |= {f"constrained.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata.to_strings())
+    _write_weights(path, {"exported": export(model), "constrained": model}, metadata)
 
 
 def _pickle_message(path: Path) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lipbench.methods import ARCHITECTURES, default_architecture, get_method
@@ -102,8 +102,8 @@ class TrainConfig:
     recipe: Recipe
     seed: int
     architecture: str
-    input_shape: tuple[int, ...] = field(default=())
-    num_classes: int = 0
+    input_shape: tuple[int, ...]
+    num_classes: int
 
     def as_dict(self) -> dict[str, Any]:
         payload = asdict(self)

@@ -14,21 +14,17 @@ recipe's ``precision`` (bf16 autocast) and ``compile`` (torch.compile) are appli
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import resource
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
@@ -46,8 +42,17 @@ from lipbench.train.distributed import (
     distributed_session,
     make_step_loss,
 )
+from lipbench.train.precision import parametrized_weights, precision_context
 
-__all__ = ["TrainingDivergedError", "TrainResult", "train_model", "accuracy", "set_determinism"]
+__all__ = [
+    "TrainingDivergedError",
+    "TrainResult",
+    "train_model",
+    "accuracy",
+    "set_determinism",
+    "data_fingerprint",
+    "run_fingerprint",
+]
 
 CHECKPOINT_FORMAT = 1
 _CHECK_EVERY = 50  # steps between host-side checks of the loss on GPUs
@@ -72,16 +77,17 @@ class TrainResult:
     backend: str | None = None
 
 
-def set_determinism(seed: int, device: torch.device) -> None:
+def set_determinism(seed: int, device: torch.device, compiled: bool = False) -> None:
     """Seed torch and turn deterministic algorithms on (warn-only on CUDA, where some
-    kernels have no deterministic variant)."""
+    kernels have no deterministic variant). ``compiled``: the run will torch.compile, so
+    the compiler's own deterministic flag is set too (importing the compiler costs about
+    1.3 s per process, so runs that do not compile skip it)."""
     torch.manual_seed(seed)
     warn_only = device.type == "cuda"
-    if "torch._inductor" in sys.modules:
+    if compiled:
         torch.use_deterministic_algorithms(True, warn_only=warn_only)
     else:
-        # What torch.use_deterministic_algorithms does, minus importing torch._inductor
-        # (1.3 s per process) to set its compile flag: nothing has been compiled.
+        # torch.use_deterministic_algorithms minus the compiler's flag: nothing is compiled.
         torch._C._set_deterministic_algorithms(True, warn_only=warn_only)
 
 
@@ -255,25 +261,6 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def _parametrized(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    return [
-        (module, name) for module in model.modules() if parametrize.is_parametrized(module) for name in module.parametrizations
-    ]
-
-
-def _precision_context(precision: str, device: torch.device, parametrized: list[tuple[nn.Module, str]]) -> ExitStack:
-    """bf16: autocast for the step, with the parametrised weights (spectral normalisation,
-    Björck, row normalisation) computed first, once, in fp32 and cached for the step's
-    forward passes. fp32: nothing (the step runs exactly as without this)."""
-    stack = ExitStack()
-    if precision == "bf16":
-        stack.enter_context(parametrize.cached())
-        for module, name in parametrized:
-            getattr(module, name)  # computed outside autocast: fp32, cached until the step ends
-        stack.enter_context(torch.autocast(device_type=device.type, dtype=torch.bfloat16))
-    return stack
-
-
 def train_model(
     config: TrainConfig,
     splits: DatasetSplits,
@@ -301,9 +288,7 @@ def _train(
 ) -> TrainResult:
     recipe = config.recipe
     method = get_method(config.method)
-    if recipe.compile:
-        importlib.import_module("torch._inductor.config")  # so set_determinism sets inductor's deterministic flag
-    set_determinism(config.seed, device)
+    set_determinism(config.seed, device, compiled=recipe.compile)
     model = method.build_model(config.input_shape, config.num_classes, config.architecture, recipe.conv_correction)
     model = model.to(device)
     optimizer = _optimizer(config, model)
@@ -319,7 +304,7 @@ def _train(
         history = list(checkpoint["history"])
         start_epoch = int(checkpoint["epoch"])
     context.agree(start_epoch, "the epoch to resume from")
-    parametrized = _parametrized(model)
+    parametrized = parametrized_weights(model)
     if recipe.compile:
         model.compile()  # in place: the state dict keeps its keys
     trained = context.wrap(model, device)  # DDP when distributed; ``model`` stays the plain module
@@ -345,7 +330,7 @@ def _train(
             leave=False,
         )
         for step, (x, y, global_size) in enumerate(steps):
-            with _precision_context(recipe.precision, device, parametrized):
+            with precision_context(recipe.precision, device, parametrized):
                 # The method's hooks (attacks) get the plain module: its parameters are every rank's.
                 inputs = method.training_inputs(model, x, y, step_loss.function, config.method_params, bounds, attack_generator)
                 optimizer.zero_grad(set_to_none=True)
@@ -382,11 +367,16 @@ def _train(
         if writes is not None:
             _save_checkpoint(writes, fingerprint, model, optimizer, epoch + 1, history)
     model.eval()
+    # The last epoch's test accuracy is of these very weights (a resumed, finished run included).
+    if history:
+        test_accuracy = history[-1]["test_accuracy"]
+    else:  # zero epochs
+        test_accuracy = accuracy(model, splits.test, recipe.eval_batch_size, device, context)
     return TrainResult(
         model=model,
         history=history,
         train_accuracy=accuracy(model, splits.train, recipe.eval_batch_size, device, context),
-        test_accuracy=accuracy(model, splits.test, recipe.eval_batch_size, device, context),
+        test_accuracy=test_accuracy,
         final_loss=history[-1]["train_loss"] if history else float("nan"),
         seconds_per_epoch=[row["seconds"] for row in history],
         resumed_from_epoch=start_epoch if checkpoint is not None else None,

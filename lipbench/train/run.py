@@ -22,7 +22,6 @@ from lipbench.methods import get_method
 from lipbench.profiles import Profile
 from lipbench.train.artifacts import ModelMetadata, save_weights
 from lipbench.train.config import TrainConfig, resolve_train_config
-from lipbench.train.distributed import is_main_process
 from lipbench.train.loop import train_model
 
 __all__ = ["config_from_profile", "run_training", "OUTPUT_FILES"]
@@ -63,8 +62,6 @@ def run_training(
     config = config_from_profile(profile, dataset, model, seed)
     device = resolve_device(device_name or profile.device())
     splits = load_dataset(dataset, profile.path_of("data"), profile.prepare_params(dataset))
-    if is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
     result = train_model(config, splits, device, out_dir / OUTPUT_FILES["checkpoint"], progress)
     method = get_method(config.method)
     metadata = ModelMetadata(

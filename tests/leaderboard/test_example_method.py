@@ -39,3 +39,20 @@ def test_the_example_method_is_found_through_the_entry_point_and_trains_a_step(m
     loss.backward()
     with pytest.raises(ValueError, match="does not take beta"):
         method.resolve_params({"beta": 1.0})
+
+
+def test_the_example_loss_adds_up_over_data_parallel_shards(monkeypatch):
+    """Two ranks holding the same shard: with reduce = "times two", each rank's loss is half
+    the single-process loss of the concatenated batch (both terms take the global counts)."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.delitem(sys.modules, "lipbench_example_method.method", raising=False)
+    registry: Registry = Registry("method")
+    monkeypatch.setattr(methods_base, "METHODS", registry)
+    module = importlib.import_module("lipbench_example_method.method")
+    method = module.HKRWithCrossEntropy()
+    params = method.resolve_params({"ce_weight": 1.0})
+    generator = torch.Generator().manual_seed(0)
+    outputs, labels = torch.randn(12, 10, generator=generator), torch.arange(12) % 10
+    per_rank = method.loss_function(False, params, reduce=lambda counts: counts * 2)(outputs, labels)
+    whole = method.loss_function(False, params)(torch.cat([outputs, outputs]), torch.cat([labels, labels]))
+    torch.testing.assert_close(2 * per_rank, whole)

@@ -17,14 +17,22 @@ from safetensors.torch import load_file
 
 from lipbench.cli.main import main
 from lipbench.methods import get_method
+from lipbench.nn import export
 from lipbench.profiles import ProfileError, load_profile
-from lipbench.train import TrainingDivergedError, config_from_profile, load_weights, run_training
+from lipbench.train import (
+    ModelMetadata,
+    TrainingDivergedError,
+    config_from_profile,
+    load_weights,
+    run_training,
+    save_weights,
+)
 
 NONDETERMINISTIC = ("timing", "peak_memory_mb", "environment")
 
 
 def same_weights(first: Path, second: Path) -> bool:
-    """Equal tensors and metadata (safetensors' header order is not deterministic)."""
+    """Equal tensors and metadata."""
     a, b = load_file(first), load_file(second)
     with safe_open(str(first), framework="pt") as one, safe_open(str(second), framework="pt") as two:
         same_metadata = one.metadata() == two.metadata()
@@ -45,6 +53,8 @@ def test_same_seed_gives_identical_metrics_and_weights_and_another_seed_differs(
     assert deterministic_part(root / "a-metrics") == deterministic_part(root / "b-metrics")
     assert (root / "a-metrics/history.json").read_bytes() == (root / "b-metrics/history.json").read_bytes()
     assert same_weights(root / "a/weights.safetensors", root / "b/weights.safetensors")
+    # Byte for byte (DVC hashes bytes: a retrained identical model is no new output).
+    assert (root / "a/weights.safetensors").read_bytes() == (root / "b/weights.safetensors").read_bytes()
     assert not same_weights(root / "a/weights.safetensors", root / "c/weights.safetensors")
     metrics = json.loads((root / "a-metrics/metrics.json").read_text())
     assert set(metrics["environment"]) >= {"versions", "device", "git_commit", "seed"}
@@ -142,6 +152,20 @@ def test_weights_round_trip_and_match_the_trained_model(tiny_profile):
     metrics = json.loads((root / "metrics/metrics.json").read_text())
     assert reloaded_accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     assert metrics["test_accuracy"] > 0.6
+
+
+def test_saved_weights_are_byte_identical_and_read_back_with_their_metadata(tmp_path):
+    """safetensors writes metadata in a random order per save; lipbench sorts it."""
+    metadata = ModelMetadata("moons", "hkr", "hkr", "moons_dense", (2,), 2, {"alpha": 50.0, "margin": 1.0})
+    model = get_method("hkr").build_model((2,), 2, "moons_dense")
+    paths = [tmp_path / f"{index}.safetensors" for index in range(6)]
+    for path in paths:
+        save_weights(path, model, metadata)
+    assert len({path.read_bytes() for path in paths}) == 1
+    plain, read = load_weights(paths[0])
+    assert read == metadata
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(plain(x), export(model).eval()(x))
 
 
 def test_weights_that_do_not_match_the_architecture_are_refused(tiny_profile, tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lipbench.losses import make_loss
+from lipbench.losses import Reduce, make_loss
 from lipbench.methods import Method, register_method
 
 
@@ -27,9 +27,13 @@ class HKRWithCrossEntropy(Method):
     defaults = {"alpha": 50.0, "margin": 0.3, "ce_weight": 0.5, "temperature": 10.0}
     reference = {"link": "https://example.org/lipbench-example-method", "authors": "lipbench example", "venue": "example"}
 
-    def loss_function(self, binary: bool, params: Mapping[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
-        hkr = make_loss("hkr", binary=binary, alpha=params["alpha"], margin=params["margin"])
-        cross_entropy = make_loss("cross_entropy", binary=binary, temperature=params["temperature"])
+    def loss_function(
+        self, binary: bool, params: Mapping[str, Any], reduce: Reduce | None = None
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        # reduce (data-parallel training under torchrun) is handed on to every term, so the
+        # ranks' losses add up to the loss of the whole batch (see lipbench.losses).
+        hkr = make_loss("hkr", binary=binary, reduce=reduce, alpha=params["alpha"], margin=params["margin"])
+        cross_entropy = make_loss("cross_entropy", binary=binary, reduce=reduce, temperature=params["temperature"])
         weight = float(params["ce_weight"])
 
         def loss(outputs: Tensor, labels: Tensor) -> Tensor:
