@@ -1,4 +1,5 @@
-"""The environment record every metric file carries: versions, device, git commit, seed."""
+"""The environment record every metric file carries: versions, device, git commit (and a hash
+of lipbench's source), seed."""
 
 from __future__ import annotations
 
@@ -25,14 +26,18 @@ def package_version(name: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def git_commit(directory: str | None = None) -> str | None:
-    """The checkout's HEAD commit, with ``-dirty`` appended when tracked files changed."""
+    """The commit lipbench's source comes from: the checkout's HEAD, with ``-dirty`` appended
+    when the package's own files (``directory``, default lipbench's folder; tracked or new)
+    differ from it. Files a pipeline run writes elsewhere (dvc.lock, metric files) do not
+    make it dirty. Outside a git checkout (a copy of it on an offline host):
+    ``$LIPBENCH_GIT_COMMIT`` if set, else None."""
     cwd = directory or str(Path(__file__).resolve().parent)
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--", "."],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -40,7 +45,7 @@ def git_commit(directory: str | None = None) -> str | None:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("LIPBENCH_GIT_COMMIT") or None
     return f"{commit}-dirty" if dirty else commit
 
 
@@ -71,6 +76,7 @@ def environment_record(device: torch.device | str = "cpu", seed: int | None = No
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
+        "source_fingerprint": source_fingerprint(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "seed": seed,
     }

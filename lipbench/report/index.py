@@ -76,6 +76,7 @@ def environment_rows(profile: Profile) -> list[tuple[str, str]]:
         rows.append((f"training {field}", _distinct(env.get(field) for env in train_envs)))
         rows.append((f"evaluation {field}", _distinct(env.get(field) for env in eval_envs)))
     rows.append(("git commit", _distinct(env.get("git_commit") for env in train_envs + eval_envs)))
+    rows.append(("lipbench source hash", _distinct(env.get("source_fingerprint") for env in train_envs + eval_envs)))
     return rows
 
 

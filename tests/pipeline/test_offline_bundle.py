@@ -1,0 +1,116 @@
+"""tools/offline_bundle.py: the plan runs in order (training side by side), stops at the
+first failure, and its archive parts are refused on import unless the run completed."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The tool with its checkout moved to ``tmp_path/checkout`` and tiny archive parts."""
+    spec = importlib.util.spec_from_file_location("offline_bundle", ROOT / "tools/offline_bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setattr(module, "ROOT", checkout)
+    monkeypatch.setattr(module, "CARRY", checkout / ".carry")
+    monkeypatch.setattr(module, "PART_BYTES", 512)
+    return module
+
+
+def write_plan(module: ModuleType, stages: list[tuple[str, str]]) -> None:
+    (module.CARRY / "site").mkdir(parents=True)
+    plan = {
+        "targets": ["pipelines/toy/dvc.yaml"],
+        "git_commit": "abc123",
+        "stages": [{"name": name, "cmd": command} for name, command in stages],
+        "outputs": ["out"],
+    }
+    (module.CARRY / "plan.json").write_text(json.dumps(plan))
+
+
+def read_archive(folder: Path) -> tarfile.TarFile:
+    parts = sorted(folder.glob("outputs.tar.gz.part*"))
+    return tarfile.open(fileobj=io.BytesIO(b"".join(part.read_bytes() for part in parts)))
+
+
+def test_a_complete_run_archives_outputs_logs_and_stage_times_in_parts(bundle: ModuleType, tmp_path: Path) -> None:
+    write_plan(
+        bundle,
+        [
+            ("toy:prepare@a", "mkdir -p out && echo prepared > out/prepared"),
+            # Side by side: each waits (up to 10 s) for the other's file, so run in sequence
+            # they would not both find it.
+            ("toy:train@a-x-0", "touch out/x; for i in $(seq 100); do [ -e out/y ] && break; sleep 0.1; done; ls out/y"),
+            ("toy:train@a-y-0", "touch out/y; for i in $(seq 100); do [ -e out/x ] && break; sleep 0.1; done; ls out/x"),
+            ("toy:certify@a", 'head -c 3000 /dev/urandom > out/blob && echo "$LIPBENCH_GIT_COMMIT" > out/commit'),
+        ],
+    )
+    assert bundle.run(jobs=2, out=tmp_path / "parts") == 0
+    assert len(list((tmp_path / "parts").glob("outputs.tar.gz.part*"))) > 1  # 3 kB of noise in 512-byte parts
+    with read_archive(tmp_path / "parts") as tar:
+        names = set(tar.getnames())
+        summary = json.loads(tar.extractfile(".carry/logs/run.json").read())
+        commit = tar.extractfile("out/commit").read().decode().strip()
+    assert {"out/prepared", "out/x", "out/y", "out/blob"} <= names
+    assert commit == "abc123"
+    assert summary["complete"] is True
+    assert [stage["name"] for stage in summary["stages"]] == [
+        "toy:prepare@a",
+        "toy:train@a-x-0",
+        "toy:train@a-y-0",
+        "toy:certify@a",
+    ]
+    assert all(stage["exit_status"] == 0 and stage["seconds"] >= 0 for stage in summary["stages"])
+
+
+def test_a_failing_stage_stops_the_run_and_its_archive_is_not_imported(bundle: ModuleType, tmp_path: Path, capsys) -> None:
+    write_plan(
+        bundle,
+        [
+            ("toy:prepare@a", "mkdir -p out && touch out/prepared"),
+            ("toy:train@a-x-0", "echo diverged >&2; exit 3"),
+            ("toy:certify@a", "touch out/certified"),
+        ],
+    )
+    assert bundle.run(jobs=1, out=tmp_path / "parts") == 1
+    assert "diverged" in capsys.readouterr().out  # the failed stage's log is shown
+    with read_archive(tmp_path / "parts") as tar:
+        summary = json.loads(tar.extractfile(".carry/logs/run.json").read())
+        assert "out/certified" not in tar.getnames()
+    assert summary["complete"] is False
+    assert [stage["exit_status"] for stage in summary["stages"]] == [0, 3]
+    (bundle.ROOT / "out").rename(tmp_path / "moved")  # what import would restore
+    with pytest.raises(SystemExit, match="did not complete"):
+        bundle.import_outputs(tmp_path / "parts")
+    assert not (bundle.ROOT / "out").exists()
+
+
+def test_archives_with_paths_outside_the_checkout_are_refused(bundle: ModuleType, tmp_path: Path) -> None:
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../escaped")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    (parts / "outputs.tar.gz.part00").write_bytes(data.getvalue())
+    with pytest.raises(SystemExit, match="refusing archive member '../escaped'"):
+        bundle.import_outputs(parts)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_import_without_parts_names_the_folder(bundle: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=f"no outputs.tar.gz.part\\* files in {tmp_path}"):
+        bundle.import_outputs(tmp_path)

@@ -1,0 +1,291 @@
+"""Run pipeline stages on a machine that has PyTorch but no internet and no DVC (an
+air-gapped GPU host), then record the results here as if `dvc repro` had produced them.
+
+    # here (a checkout with .venv; the mirror holds the datasets' archives):
+    LIPBENCH_DATA_MIRROR=../shared/data python tools/offline_bundle.py make pipelines/mnist/dvc.yaml
+    # copy the checkout, .carry/ included, to the host; there, with its own python3 + torch:
+    python3 tools/offline_bundle.py run --jobs 4 --out /some/folder
+    # bring /some/folder back; here:
+    python tools/offline_bundle.py import /some/folder
+
+`make` writes .carry/: site/ (the pure-Python packages lipbench needs that a plain PyTorch
+install lacks, unpacked, at the versions of requirements.lock), data/ (a copy of the
+mirror), bin/lipbench and plan.json (the stage commands of the targets in DVC's order, as
+`dvc repro --dry --force` lists them, the report stage left out: it runs here). `run`
+(standard library only) runs the plan, the training stages --jobs at a time, logs each
+stage and its wall time, and writes the outputs (models, evaluations, metrics) as a
+gzipped tar in parts of at most 15 MiB. `import` unpacks them, prepares the datasets here
+(deterministic: the same bytes), records the stages with `dvc commit` and runs what is
+left (the report) with `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CARRY = ROOT / ".carry"
+PART_BYTES = 15 * 2**20
+ARCHIVE = "outputs.tar.gz"
+#: What a plain PyTorch install (torch, numpy, scipy, tqdm, PyYAML, safetensors, requests,
+#: scikit-learn) lacks for training and evaluation; all pure Python.
+PACKAGES = ("foolbox", "eagerpy", "GitPython", "gitdb", "smmap", "pyautoattack", "deel-torchlip")
+#: Never unpacked: pyautoattack ships 45 MB of example checkpoints.
+SKIPPED_MEMBERS = ("pyautoattack/examples/",)
+
+
+def _locked_versions() -> dict[str, str]:
+    versions = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split(";")[0].split("==")
+            versions[name.strip().lower().replace("_", "-")] = version.strip()
+    return versions
+
+
+def _unpack_wheels(site: Path) -> None:
+    versions = _locked_versions()
+    missing = [name for name in PACKAGES if name.lower() not in versions]
+    if missing:
+        raise SystemExit(f"offline_bundle: {', '.join(missing)} not in requirements.lock; run tools/lock.sh")
+    with tempfile.TemporaryDirectory() as wheels:
+        pins = [f"{name}=={versions[name.lower()]}" for name in PACKAGES]
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", wheels, *pins],
+            check=True,
+        )
+        for wheel in sorted(Path(wheels).glob("*.whl")):
+            if not wheel.name.endswith("-none-any.whl"):
+                raise SystemExit(f"offline_bundle: {wheel.name} is not pure Python; the host would need its own build")
+            with zipfile.ZipFile(wheel) as archive:
+                members = [m for m in archive.namelist() if not m.startswith(SKIPPED_MEMBERS)]
+                archive.extractall(site, members)
+
+
+def _lipbench_metadata(site: Path) -> None:
+    """A dist-info so that the run records lipbench's version (it runs from the checkout)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    info = site / f"lipbench-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: lipbench\nVersion: {version}\n")
+
+
+def _dvc() -> str:
+    dvc = shutil.which("dvc") or str(ROOT / ".venv/bin/dvc")
+    if not Path(dvc).is_file():
+        raise SystemExit("offline_bundle: dvc not found; run `bash tools/bootstrap.sh` and `source .venv/bin/activate` first")
+    return dvc
+
+
+def _dry_run(target: str) -> list[dict[str, str]]:
+    """The stages `dvc repro --force TARGET` would run, in order: name and command."""
+    dvc = _dvc()
+    listing = subprocess.run([dvc, "repro", "--dry", "--force", target], cwd=ROOT, capture_output=True, text=True, check=True)
+    stages: list[dict[str, str]] = []
+    for line in listing.stdout.splitlines():
+        if line.startswith("Running stage '"):
+            stages.append({"name": line.split("'")[1]})
+        elif line.startswith("> ") and stages and "cmd" not in stages[-1]:
+            stages[-1]["cmd"] = line[2:]
+    return [stage for stage in stages if "cmd" in stage]
+
+
+def _profile_paths(target: str) -> list[str]:
+    """The folders a profile's stages write (models, evaluation, metrics), from its params."""
+    import yaml
+
+    pipeline = (ROOT / target.split(":")[0]).resolve()
+    folder = pipeline.parent if pipeline.suffix == ".yaml" else pipeline
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    return [params["paths"][key] for key in ("models", "evaluation", "metrics")]
+
+
+def _git_commit() -> str:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return f"{commit}-dirty" if status.stdout.strip() else commit
+
+
+def make(targets: list[str], mirror: str | None) -> None:
+    if mirror is not None and not Path(mirror).is_dir():
+        raise SystemExit(f"offline_bundle: mirror {mirror} is not a folder; set LIPBENCH_DATA_MIRROR or pass --mirror")
+    plan_stages, outputs = [], []
+    for target in targets:
+        for stage in _dry_run(target):
+            if stage["name"].split(":")[-1] != "report" and stage not in plan_stages:
+                plan_stages.append(stage)
+        outputs += [path for path in _profile_paths(target) if path not in outputs]
+    # Every training stage needs only its prepared data: all preparations, then all training
+    # (side by side on the host), then the evaluation stages in DVC's order.
+    plan_stages.sort(key=lambda stage: {"prepare": 0, "train": 1}.get(stage["name"].split(":")[-1].split("@")[0], 2))
+    if not plan_stages:
+        raise SystemExit(f"offline_bundle: dvc lists no stage for {' '.join(targets)}")
+    shutil.rmtree(CARRY, ignore_errors=True)
+    site = CARRY / "site"
+    site.mkdir(parents=True)
+    _unpack_wheels(site)
+    _lipbench_metadata(site)
+    if mirror is not None:
+        shutil.copytree(mirror, CARRY / "data", ignore=shutil.ignore_patterns("README*", "SHA256SUMS"))
+    plan = {"targets": targets, "git_commit": _git_commit(), "stages": plan_stages, "outputs": outputs}
+    (CARRY / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
+    size = sum(path.stat().st_size for path in CARRY.rglob("*") if path.is_file())
+    print(f"offline_bundle: .carry/ holds {len(plan_stages)} stages and {size / 2**20:.1f} MiB")
+
+
+def _is_training(stage: dict[str, str]) -> bool:
+    return stage["name"].split(":")[-1].startswith("train@")
+
+
+def _run_stage(stage: dict[str, str], environment: dict[str, str], logs: Path) -> dict[str, object]:
+    log = logs / (stage["name"].replace("/", "_").replace(":", "_") + ".log")
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        code = subprocess.run(
+            stage["cmd"], shell=True, cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT
+        ).returncode
+    return {"name": stage["name"], "seconds": round(time.perf_counter() - started, 2), "exit_status": code, "log": log.name}
+
+
+def _write_parts(paths: list[Path], out: Path) -> list[str]:
+    """A gzipped tar of ``paths`` (relative to the checkout) split into parts."""
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / ARCHIVE
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in paths:
+            if path.exists():
+                tar.add(path, arcname=str(path.relative_to(ROOT)))
+    names, data = [], archive.read_bytes()
+    archive.unlink()
+    for index, start in enumerate(range(0, len(data), PART_BYTES)):
+        part = out / f"{ARCHIVE}.part{index:02d}"
+        part.write_bytes(data[start : start + PART_BYTES])
+        names.append(part.name)
+    return names
+
+
+def run(jobs: int, out: Path) -> int:
+    plan = json.loads((CARRY / "plan.json").read_text())
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join([str(CARRY / "site"), str(ROOT), environment.get("PYTHONPATH", "")])
+    environment["PATH"] = os.pathsep.join([str(CARRY / "bin"), environment["PATH"]])
+    environment["LIPBENCH_GIT_COMMIT"] = plan["git_commit"]
+    environment["PYTHONUNBUFFERED"] = "1"
+    if (CARRY / "data").is_dir():
+        environment["LIPBENCH_DATA_MIRROR"] = str(CARRY / "data")
+    bin_folder = CARRY / "bin"
+    bin_folder.mkdir(exist_ok=True)
+    shim = bin_folder / "lipbench"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lipbench.cli.main "$@"\n')
+    shim.chmod(0o755)
+    logs = CARRY / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    started, records, stages = time.perf_counter(), [], list(plan["stages"])
+    while stages:
+        # Consecutive training stages depend only on the prepared data: run them side by side.
+        group = [stages.pop(0)]
+        while _is_training(group[0]) and stages and _is_training(stages[0]):
+            group.append(stages.pop(0))
+        workers = min(max(1, jobs), len(group))
+        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))} if workers > 1 else {}
+        stage_environment = environment | threads
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_run_stage, group, [stage_environment] * len(group), [logs] * len(group)))
+        records += results
+        for result in results:
+            print(f"offline_bundle: {result['name']}: exit {result['exit_status']} after {result['seconds']} s", flush=True)
+        if any(result["exit_status"] != 0 for result in results):
+            break
+    failed = [record for record in records if record["exit_status"] != 0]
+    summary = {
+        "plan": plan,
+        "stages": records,
+        "total_seconds": round(time.perf_counter() - started, 2),
+        "jobs": jobs,
+        "host": {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "complete": not failed and len(records) == len(plan["stages"]),
+    }
+    (CARRY / "logs" / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
+    paths = [ROOT / path for path in plan["outputs"]] + [logs]
+    parts = _write_parts(paths, out)
+    print(f"offline_bundle: {summary['total_seconds']} s in all; wrote {', '.join(parts)} to {out}")
+    for record in failed:
+        print(f"offline_bundle: {record['name']} failed; its log:\n" + (logs / str(record["log"])).read_text()[-4000:])
+    return 0 if summary["complete"] else 1
+
+
+def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    members = tar.getmembers()
+    for member in members:
+        if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts or not (member.isfile() or member.isdir()):
+            raise SystemExit(f"offline_bundle: refusing archive member {member.name!r}")
+    return members
+
+
+def import_outputs(folder: Path) -> None:
+    parts = sorted(folder.glob(f"{ARCHIVE}.part*"))
+    if not parts:
+        raise SystemExit(f"offline_bundle: no {ARCHIVE}.part* files in {folder}")
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = Path(scratch) / ARCHIVE
+        with open(archive, "wb") as handle:
+            for part in parts:
+                handle.write(part.read_bytes())
+        with tarfile.open(archive) as tar:
+            members = _safe_members(tar)
+            try:
+                summary = json.loads(tar.extractfile(".carry/logs/run.json").read())
+            except KeyError:
+                summary = {}
+            if not summary.get("complete"):
+                raise SystemExit("offline_bundle: the run did not complete (see .carry/logs in the archive); nothing imported")
+            tar.extractall(ROOT, members, filter="data")
+    dvc = _dvc()
+    prepares = [stage["name"] for stage in summary["plan"]["stages"] if stage["name"].split(":")[-1].startswith("prepare@")]
+    if prepares:
+        subprocess.run([dvc, "repro", "--single-item", *prepares], cwd=ROOT, check=True)
+    for target in summary["plan"]["targets"]:
+        subprocess.run([dvc, "commit", "--force", "--with-deps", target], cwd=ROOT, check=True)
+    print("offline_bundle: imported (stage times: .carry/logs/run.json); `dvc repro <target>` runs what is left (the report)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    make_parser = commands.add_parser("make", help="write .carry/ for the targets (here)")
+    make_parser.add_argument("targets", nargs="+", help="dvc repro targets, e.g. pipelines/mnist/dvc.yaml")
+    make_parser.add_argument("--mirror", default=os.environ.get("LIPBENCH_DATA_MIRROR") or None, help="dataset mirror to copy")
+    run_parser = commands.add_parser("run", help="run .carry/plan.json (on the host)")
+    run_parser.add_argument("--jobs", type=int, default=1, help="training stages run side by side")
+    run_parser.add_argument("--out", type=Path, default=CARRY / "out", help="folder for the archive parts")
+    import_parser = commands.add_parser("import", help="record a run's archive parts (here)")
+    import_parser.add_argument("folder", type=Path)
+    arguments = parser.parse_args(argv)
+    if arguments.command == "make":
+        make(arguments.targets, arguments.mirror)
+        return 0
+    if arguments.command == "run":
+        return run(arguments.jobs, arguments.out)
+    import_outputs(arguments.folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
