@@ -15,8 +15,8 @@ mirror), bin/lipbench and plan.json (the stage commands of the targets in DVC's 
 (standard library only) runs the plan, the training stages --jobs at a time, logs each
 stage and its wall time, and writes the outputs (models, evaluations, metrics) as a
 gzipped tar in parts of at most 15 MiB. `import` unpacks them, prepares the datasets here
-(deterministic: the same bytes), records the stages with `dvc commit` and runs what is
-left (the report) with `dvc repro`.
+(deterministic: the same bytes) and records the stages that ran with `dvc commit`; then
+`dvc repro` runs what is left (the report).
 """
 
 from __future__ import annotations
@@ -91,17 +91,36 @@ def _dvc() -> str:
     return dvc
 
 
-def _dry_run(target: str) -> list[dict[str, str]]:
-    """The stages `dvc repro --force TARGET` would run, in order: name and command."""
-    dvc = _dvc()
-    listing = subprocess.run([dvc, "repro", "--dry", "--force", target], cwd=ROOT, capture_output=True, text=True, check=True)
+def parse_dry_run(listing: str) -> list[dict[str, str]]:
+    """Stage names and commands from the output of `dvc repro --dry`, in its order."""
     stages: list[dict[str, str]] = []
-    for line in listing.stdout.splitlines():
+    for line in listing.splitlines():
         if line.startswith("Running stage '"):
             stages.append({"name": line.split("'")[1]})
         elif line.startswith("> ") and stages and "cmd" not in stages[-1]:
             stages[-1]["cmd"] = line[2:]
     return [stage for stage in stages if "cmd" in stage]
+
+
+def _kind(stage: dict[str, str]) -> str:
+    """``train`` for ``pipelines/x/dvc.yaml:train@mnist-hkr-0``."""
+    return stage["name"].split(":")[-1].split("@")[0]
+
+
+def plan_stages(listings: list[list[dict[str, str]]]) -> list[dict[str, str]]:
+    """The stages of several targets once each, without the report (it runs here): all
+    preparations, then all training (side by side on the host: each needs only its
+    prepared data), then the evaluation stages in DVC's order."""
+    stages: list[dict[str, str]] = []
+    for listing in listings:
+        stages += [stage for stage in listing if _kind(stage) != "report" and stage not in stages]
+    return sorted(stages, key=lambda stage: {"prepare": 0, "train": 1}.get(_kind(stage), 2))
+
+
+def _dry_run(target: str) -> list[dict[str, str]]:
+    """The stages `dvc repro --force TARGET` would run, in order: name and command."""
+    listing = subprocess.run([_dvc(), "repro", "--dry", "--force", target], cwd=ROOT, capture_output=True, text=True, check=True)
+    return parse_dry_run(listing.stdout)
 
 
 def _profile_paths(target: str) -> list[str]:
@@ -115,27 +134,25 @@ def _profile_paths(target: str) -> list[str]:
 
 
 def _git_commit() -> str:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    return f"{commit}-dirty" if status.stdout.strip() else commit
+    """The commit, as the metric files of a run here would record it."""
+    sys.path.insert(0, str(ROOT))
+    from lipbench.environment import git_commit
+
+    commit = git_commit(str(ROOT / "lipbench"))
+    if commit is None:
+        raise SystemExit("offline_bundle: make runs in a git checkout (the bundle records its commit)")
+    return commit
 
 
 def make(targets: list[str], mirror: str | None) -> None:
     if mirror is not None and not Path(mirror).is_dir():
         raise SystemExit(f"offline_bundle: mirror {mirror} is not a folder; set LIPBENCH_DATA_MIRROR or pass --mirror")
-    plan_stages, outputs = [], []
-    for target in targets:
-        for stage in _dry_run(target):
-            if stage["name"].split(":")[-1] != "report" and stage not in plan_stages:
-                plan_stages.append(stage)
-        outputs += [path for path in _profile_paths(target) if path not in outputs]
-    # Every training stage needs only its prepared data: all preparations, then all training
-    # (side by side on the host), then the evaluation stages in DVC's order.
-    plan_stages.sort(key=lambda stage: {"prepare": 0, "train": 1}.get(stage["name"].split(":")[-1].split("@")[0], 2))
-    if not plan_stages:
+    stages = plan_stages([_dry_run(target) for target in targets])
+    if not stages:
         raise SystemExit(f"offline_bundle: dvc lists no stage for {' '.join(targets)}")
+    outputs: list[str] = []
+    for target in targets:
+        outputs += [path for path in _profile_paths(target) if path not in outputs]
     shutil.rmtree(CARRY, ignore_errors=True)
     site = CARRY / "site"
     site.mkdir(parents=True)
@@ -143,14 +160,10 @@ def make(targets: list[str], mirror: str | None) -> None:
     _lipbench_metadata(site)
     if mirror is not None:
         shutil.copytree(mirror, CARRY / "data", ignore=shutil.ignore_patterns("README*", "SHA256SUMS"))
-    plan = {"targets": targets, "git_commit": _git_commit(), "stages": plan_stages, "outputs": outputs}
+    plan = {"targets": targets, "git_commit": _git_commit(), "stages": stages, "outputs": outputs}
     (CARRY / "plan.json").write_text(json.dumps(plan, indent=1) + "\n")
     size = sum(path.stat().st_size for path in CARRY.rglob("*") if path.is_file())
-    print(f"offline_bundle: .carry/ holds {len(plan_stages)} stages and {size / 2**20:.1f} MiB")
-
-
-def _is_training(stage: dict[str, str]) -> bool:
-    return stage["name"].split(":")[-1].startswith("train@")
+    print(f"offline_bundle: .carry/ holds {len(stages)} stages and {size / 2**20:.1f} MiB")
 
 
 def _run_stage(stage: dict[str, str], environment: dict[str, str], logs: Path) -> dict[str, object]:
@@ -201,13 +214,11 @@ def run(jobs: int, out: Path) -> int:
     while stages:
         # Consecutive training stages depend only on the prepared data: run them side by side.
         group = [stages.pop(0)]
-        while _is_training(group[0]) and stages and _is_training(stages[0]):
+        while _kind(group[0]) == "train" and stages and _kind(stages[0]) == "train":
             group.append(stages.pop(0))
-        workers = min(max(1, jobs), len(group))
-        threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))} if workers > 1 else {}
-        stage_environment = environment | threads
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_run_stage, group, [stage_environment] * len(group), [logs] * len(group)))
+        # Thread counts are left as they are: on CPU they change float rounding, hence results.
+        with ThreadPoolExecutor(max_workers=min(max(1, jobs), len(group))) as pool:
+            results = list(pool.map(_run_stage, group, [environment] * len(group), [logs] * len(group)))
         records += results
         for result in results:
             print(f"offline_bundle: {result['name']}: exit {result['exit_status']} after {result['seconds']} s", flush=True)
@@ -261,8 +272,8 @@ def import_outputs(folder: Path) -> None:
     prepares = [stage["name"] for stage in summary["plan"]["stages"] if stage["name"].split(":")[-1].startswith("prepare@")]
     if prepares:
         subprocess.run([dvc, "repro", "--single-item", *prepares], cwd=ROOT, check=True)
-    for target in summary["plan"]["targets"]:
-        subprocess.run([dvc, "commit", "--force", "--with-deps", target], cwd=ROOT, check=True)
+    # Exactly the stages that ran there (the report did not: `dvc repro` runs it here).
+    subprocess.run([dvc, "commit", "--force", *(stage["name"] for stage in summary["plan"]["stages"])], cwd=ROOT, check=True)
     print("offline_bundle: imported (stage times: .carry/logs/run.json); `dvc repro <target>` runs what is left (the report)")
 
 

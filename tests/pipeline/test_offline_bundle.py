@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from types import ModuleType
@@ -114,3 +116,26 @@ def test_archives_with_paths_outside_the_checkout_are_refused(bundle: ModuleType
 def test_import_without_parts_names_the_folder(bundle: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=f"no outputs.tar.gz.part\\* files in {tmp_path}"):
         bundle.import_outputs(tmp_path)
+
+
+def test_the_plan_of_the_real_pipelines_prepares_then_trains_then_evaluates_without_the_report(bundle: ModuleType) -> None:
+    dvc = Path(sys.executable).parent / "dvc"
+    listings = []
+    for target in ("pipelines/paper/dvc.yaml:verify@mnist", "pipelines/paper/dvc.yaml:certify@mnist"):
+        dry = subprocess.run(
+            [str(dvc), "repro", "--dry", "--force", target], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        listings.append(bundle.parse_dry_run(dry.stdout))
+    stages = bundle.plan_stages(listings)
+    kinds = [stage["name"].split(":")[1].split("@")[0] for stage in stages]
+    methods = ["adv", "lip1_log", "gnp_log", "gnp_hin", "hkr", "hkr_m2_12"]  # the paper profile's
+    assert kinds == ["prepare"] + ["train"] * len(methods) + ["certify", "attack", "verify"]  # once each
+    assert {stage["name"].split("@")[1] for stage in stages if "train@" in stage["name"]} == {f"mnist-{m}-0" for m in methods}
+    assert all(
+        stage["cmd"].startswith("lipbench ") and "--params pipelines/paper/params.yaml" in stage["cmd"] for stage in stages
+    )
+    whole = subprocess.run(
+        [str(dvc), "repro", "--dry", "--force", "dvc.yaml"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "report" in [stage["name"] for stage in bundle.parse_dry_run(whole.stdout)]
+    assert "report" not in [stage["name"] for stage in bundle.plan_stages([bundle.parse_dry_run(whole.stdout)])]
