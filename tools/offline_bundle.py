@@ -22,17 +22,18 @@ gzipped tar in parts of at most 15 MiB. `import` unpacks them, prepares the data
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,14 +167,37 @@ def make(targets: list[str], mirror: str | None) -> None:
     print(f"offline_bundle: .carry/ holds {len(stages)} stages and {size / 2**20:.1f} MiB")
 
 
-def _run_stage(stage: dict[str, str], environment: dict[str, str], logs: Path) -> dict[str, object]:
-    log = logs / (stage["name"].replace("/", "_").replace(":", "_") + ".log")
-    started = time.perf_counter()
-    with open(log, "w") as handle:
-        code = subprocess.run(
-            stage["cmd"], shell=True, cwd=ROOT, env=environment, stdout=handle, stderr=subprocess.STDOUT
-        ).returncode
-    return {"name": stage["name"], "seconds": round(time.perf_counter() - started, 2), "exit_status": code, "log": log.name}
+def _log_path(stage: dict[str, str]) -> Path:
+    return CARRY / "logs" / (stage["name"].replace("/", "_").replace(":", "_") + ".log")
+
+
+class _Running:
+    """One stage's process (its own process group, so that a deadline stops all of it)."""
+
+    def __init__(self, stage: dict[str, str], environment: dict[str, str]) -> None:
+        self.stage, self.started = stage, time.perf_counter()
+        self.log = open(_log_path(stage), "w")  # closed in finish()
+        self.process = subprocess.Popen(
+            stage["cmd"], shell=True, cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def stop(self) -> None:
+        """SIGTERM to the stage's processes, SIGKILL 30 s later (training keeps its last epoch checkpoint)."""
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(wait)
+
+    def finish(self, interrupted: bool = False) -> dict[str, object]:
+        self.log.close()
+        seconds = round(time.perf_counter() - self.started, 2)
+        status = None if interrupted else self.process.returncode
+        record = {"name": self.stage["name"], "seconds": seconds, "exit_status": status, "log": _log_path(self.stage).name}
+        state = "interrupted at the deadline" if interrupted else f"exit {status}"
+        print(f"offline_bundle: {self.stage['name']}: {state} after {seconds} s", flush=True)
+        return record
 
 
 def _write_parts(paths: list[Path], out: Path) -> list[str]:
@@ -193,8 +217,8 @@ def _write_parts(paths: list[Path], out: Path) -> list[str]:
     return names
 
 
-def run(jobs: int, out: Path) -> int:
-    plan = json.loads((CARRY / "plan.json").read_text())
+def _environment(plan: dict) -> dict[str, str]:
+    """Stage processes find lipbench (the checkout), its bundled dependencies and the mirror."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join([str(CARRY / "site"), str(ROOT), environment.get("PYTHONPATH", "")])
     environment["PATH"] = os.pathsep.join([str(CARRY / "bin"), environment["PATH"]])
@@ -202,43 +226,76 @@ def run(jobs: int, out: Path) -> int:
     environment["PYTHONUNBUFFERED"] = "1"
     if (CARRY / "data").is_dir():
         environment["LIPBENCH_DATA_MIRROR"] = str(CARRY / "data")
-    bin_folder = CARRY / "bin"
-    bin_folder.mkdir(exist_ok=True)
-    shim = bin_folder / "lipbench"
+    shim = CARRY / "bin" / "lipbench"
+    shim.parent.mkdir(exist_ok=True)
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lipbench.cli.main "$@"\n')
     shim.chmod(0o755)
+    return environment
+
+
+def run(jobs: int, out: Path, deadline: float | None = None, resume: Path | None = None) -> int:
+    """Run the plan; training stages ``jobs`` at a time, every other stage alone. After
+    ``deadline`` seconds the running stages are stopped and what is done is archived; a
+    later ``run --resume`` with that archive goes on from there (finished stages are not
+    rerun, training resumes from its last epoch checkpoint; the data is prepared again)."""
+    plan = json.loads((CARRY / "plan.json").read_text())
     logs = CARRY / "logs"
     shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir()
-    started, records, stages = time.perf_counter(), [], list(plan["stages"])
-    while stages:
-        # Consecutive training stages depend only on the prepared data: run them side by side.
-        group = [stages.pop(0)]
-        while _kind(group[0]) == "train" and stages and _kind(stages[0]) == "train":
-            group.append(stages.pop(0))
-        # Thread counts are left as they are: on CPU they change float rounding, hence results.
-        with ThreadPoolExecutor(max_workers=min(max(1, jobs), len(group))) as pool:
-            results = list(pool.map(_run_stage, group, [environment] * len(group), [logs] * len(group)))
-        records += results
-        for result in results:
-            print(f"offline_bundle: {result['name']}: exit {result['exit_status']} after {result['seconds']} s", flush=True)
-        if any(result["exit_status"] != 0 for result in results):
+    records: list[dict[str, object]] = []
+    previous_seconds = 0.0
+    if resume is not None:
+        earlier = _unpack(resume)
+        if earlier["plan"]["stages"] != plan["stages"]:
+            raise SystemExit(f"offline_bundle: {resume} holds a run of another plan; make a new bundle or resume the right run")
+        # Finished stages are not rerun, except the preparations: prepared data is not
+        # archived (the datasets travel as the mirror) and preparing again is cheap.
+        records = [record for record in earlier["stages"] if record["exit_status"] == 0 and _kind(record) != "prepare"]
+        previous_seconds = float(earlier["total_seconds"])
+    logs.mkdir(exist_ok=True)
+    environment = _environment(plan)
+    threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))} if jobs > 1 else {}
+    done = {record["name"] for record in records}
+    pending = [stage for stage in plan["stages"] if stage["name"] not in done]
+    running: list[_Running] = []
+    started, failed, out_of_time = time.perf_counter(), False, False
+    while (pending and not failed and not out_of_time) or running:
+        out_of_time = deadline is not None and time.perf_counter() - started > deadline
+        if out_of_time:
+            for stage in running:
+                stage.stop()
+            records += [stage.finish(interrupted=True) for stage in running]
             break
-    failed = [record for record in records if record["exit_status"] != 0]
+        # Training stages need only their prepared data: they run side by side, each on
+        # cpu_count / jobs threads (more would fight over the cores; a thread count other
+        # than a lone run's changes CPU float rounding a little: metric files record it).
+        while pending and not failed and len(running) < max(1, jobs):
+            alongside = all(_kind(stage.stage) == "train" for stage in running) and _kind(pending[0]) == "train"
+            if running and not alongside:
+                break
+            stage_environment = environment | (threads if _kind(pending[0]) == "train" else {})
+            running.append(_Running(pending.pop(0), stage_environment))
+        time.sleep(0.2)
+        for stage in [stage for stage in running if stage.process.poll() is not None]:
+            running.remove(stage)
+            records.append(stage.finish())
+            failed = failed or stage.process.returncode != 0
+    succeeded = {record["name"] for record in records if record["exit_status"] == 0}
     summary = {
         "plan": plan,
         "stages": records,
-        "total_seconds": round(time.perf_counter() - started, 2),
+        "total_seconds": round(previous_seconds + time.perf_counter() - started, 2),
         "jobs": jobs,
         "host": {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "complete": not failed and len(records) == len(plan["stages"]),
+        "complete": all(stage["name"] in succeeded for stage in plan["stages"]),
     }
-    (CARRY / "logs" / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
-    paths = [ROOT / path for path in plan["outputs"]] + [logs]
-    parts = _write_parts(paths, out)
+    (logs / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
+    parts = _write_parts([ROOT / path for path in plan["outputs"]] + [logs], out)
     print(f"offline_bundle: {summary['total_seconds']} s in all; wrote {', '.join(parts)} to {out}")
-    for record in failed:
-        print(f"offline_bundle: {record['name']} failed; its log:\n" + (logs / str(record["log"])).read_text()[-4000:])
+    for record in records:
+        if record["exit_status"] not in (0, None):
+            print(f"offline_bundle: {record['name']} failed; its log:\n" + (logs / str(record["log"])).read_text()[-4000:])
+    if not summary["complete"] and not failed:
+        print(f"offline_bundle: stopped at the deadline; go on with `run --resume {out}` (after copying it back)")
     return 0 if summary["complete"] else 1
 
 
@@ -250,26 +307,34 @@ def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
-def import_outputs(folder: Path) -> None:
+def _unpack(folder: Path, extract: bool = True) -> dict:
+    """A run's run.json from its archive parts in ``folder``; ``extract``: also unpack the
+    archive into the checkout (members checked first: nothing outside it, files and folders only)."""
     parts = sorted(folder.glob(f"{ARCHIVE}.part*"))
     if not parts:
         raise SystemExit(f"offline_bundle: no {ARCHIVE}.part* files in {folder}")
     with tempfile.TemporaryDirectory() as scratch:
         archive = Path(scratch) / ARCHIVE
-        with open(archive, "wb") as handle:
-            for part in parts:
-                handle.write(part.read_bytes())
+        archive.write_bytes(b"".join(part.read_bytes() for part in parts))
         with tarfile.open(archive) as tar:
             members = _safe_members(tar)
             try:
                 summary = json.loads(tar.extractfile(".carry/logs/run.json").read())
             except KeyError:
-                summary = {}
-            if not summary.get("complete"):
-                raise SystemExit("offline_bundle: the run did not complete (see .carry/logs in the archive); nothing imported")
-            tar.extractall(ROOT, members, filter="data")
+                raise SystemExit(f"offline_bundle: {folder} holds no .carry/logs/run.json; not a run's archive") from None
+            if extract:
+                tar.extractall(ROOT, members, filter="data")
+    return summary
+
+
+def import_outputs(folder: Path) -> None:
+    if not _unpack(folder, extract=False).get("complete"):  # an incomplete run leaves the checkout untouched
+        raise SystemExit(
+            "offline_bundle: the run did not complete (see .carry/logs in the archive; `run --resume` goes on); nothing imported"
+        )
+    summary = _unpack(folder)
     dvc = _dvc()
-    prepares = [stage["name"] for stage in summary["plan"]["stages"] if stage["name"].split(":")[-1].startswith("prepare@")]
+    prepares = [stage["name"] for stage in summary["plan"]["stages"] if _kind(stage) == "prepare"]
     if prepares:
         subprocess.run([dvc, "repro", "--single-item", *prepares], cwd=ROOT, check=True)
     # Exactly the stages that ran there (the report did not: `dvc repro` runs it here).
@@ -286,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="run .carry/plan.json (on the host)")
     run_parser.add_argument("--jobs", type=int, default=1, help="training stages run side by side")
     run_parser.add_argument("--out", type=Path, default=CARRY / "out", help="folder for the archive parts")
+    run_parser.add_argument("--deadline", type=float, default=None, help="seconds after which to stop and archive")
+    run_parser.add_argument("--resume", type=Path, default=None, help="archive parts of a run stopped at its deadline")
     import_parser = commands.add_parser("import", help="record a run's archive parts (here)")
     import_parser.add_argument("folder", type=Path)
     arguments = parser.parse_args(argv)
@@ -293,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         make(arguments.targets, arguments.mirror)
         return 0
     if arguments.command == "run":
-        return run(arguments.jobs, arguments.out)
+        return run(arguments.jobs, arguments.out, arguments.deadline, arguments.resume)
     import_outputs(arguments.folder)
     return 0
 

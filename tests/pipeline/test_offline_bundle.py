@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -97,6 +98,49 @@ def test_a_failing_stage_stops_the_run_and_its_archive_is_not_imported(bundle: M
     with pytest.raises(SystemExit, match="did not complete"):
         bundle.import_outputs(tmp_path / "parts")
     assert not (bundle.ROOT / "out").exists()
+
+
+def test_a_run_stopped_at_its_deadline_resumes_from_its_archive_on_a_fresh_machine(bundle: ModuleType, tmp_path: Path) -> None:
+    write_plan(
+        bundle,
+        [
+            ("toy:prepare@a", "mkdir -p out && echo prepared > out/prepared"),
+            ("toy:train@a-y-0", "echo once >> out/y"),
+            # First time: leaves a checkpoint-like marker and runs past the deadline.
+            ("toy:train@a-x-0", "if [ -e out/marker ]; then touch out/x; else touch out/marker; sleep 60; fi"),
+            ("toy:certify@a", "ls out/x out/prepared && touch out/certified"),
+        ],
+    )
+    assert bundle.run(jobs=2, out=tmp_path / "first", deadline=1.0) == 1
+    with read_archive(tmp_path / "first") as tar:
+        first = json.loads(tar.extractfile(".carry/logs/run.json").read())
+    assert first["complete"] is False
+    statuses = [(stage["name"], stage["exit_status"]) for stage in first["stages"]]
+    assert statuses == [("toy:prepare@a", 0), ("toy:train@a-y-0", 0), ("toy:train@a-x-0", None)]
+    assert first["total_seconds"] < 30  # the sleeping stage was stopped, not waited for
+    with pytest.raises(SystemExit, match="did not complete"):
+        bundle.import_outputs(tmp_path / "first")
+    for folder in ("out", ".carry/logs"):  # a fresh machine: only the plan and the archive
+        shutil.rmtree(bundle.ROOT / folder)
+    assert bundle.run(jobs=2, out=tmp_path / "second", resume=tmp_path / "first") == 0
+    assert (bundle.ROOT / "out/y").read_text() == "once\n"  # a finished stage is not rerun
+    with read_archive(tmp_path / "second") as tar:
+        second = json.loads(tar.extractfile(".carry/logs/run.json").read())
+        assert {"out/x", "out/certified"} <= set(tar.getnames())
+    assert second["complete"] is True
+    names = [stage["name"] for stage in second["stages"]]
+    assert sorted(names) == sorted(["toy:prepare@a", "toy:train@a-y-0", "toy:train@a-x-0", "toy:certify@a"])
+    assert second["total_seconds"] >= first["total_seconds"]
+
+
+def test_resuming_the_archive_of_another_plan_is_refused(bundle: ModuleType, tmp_path: Path) -> None:
+    write_plan(bundle, [("toy:prepare@a", "mkdir -p out && touch out/p")])
+    assert bundle.run(jobs=1, out=tmp_path / "first") == 0
+    (bundle.CARRY / "plan.json").write_text(
+        json.dumps({"targets": [], "git_commit": "x", "stages": [{"name": "toy:prepare@b", "cmd": "true"}], "outputs": ["out"]})
+    )
+    with pytest.raises(SystemExit, match="holds a run of another plan"):
+        bundle.run(jobs=1, out=tmp_path / "second", resume=tmp_path / "first")
 
 
 def test_archives_with_paths_outside_the_checkout_are_refused(bundle: ModuleType, tmp_path: Path) -> None:
