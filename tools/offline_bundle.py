@@ -203,6 +203,8 @@ class _Running:
 def _write_parts(paths: list[Path], out: Path) -> list[str]:
     """A gzipped tar of ``paths`` (relative to the checkout) split into parts."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{ARCHIVE}.part*"):  # parts of an earlier, larger run would corrupt this one
+        stale.unlink()
     archive = out / ARCHIVE
     with tarfile.open(archive, "w:gz") as tar:
         for path in paths:
@@ -279,6 +281,8 @@ def run(jobs: int, out: Path, deadline: float | None = None, resume: Path | None
             running.remove(stage)
             records.append(stage.finish())
             failed = failed or stage.process.returncode != 0
+    position = {stage["name"]: index for index, stage in enumerate(plan["stages"])}
+    records.sort(key=lambda record: position[record["name"]])  # plan order, whatever order they finished in
     succeeded = {record["name"] for record in records if record["exit_status"] == 0}
     summary = {
         "plan": plan,
@@ -307,9 +311,10 @@ def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     return members
 
 
-def _unpack(folder: Path, extract: bool = True) -> dict:
-    """A run's run.json from its archive parts in ``folder``; ``extract``: also unpack the
-    archive into the checkout (members checked first: nothing outside it, files and folders only)."""
+def _unpack(folder: Path, require_complete: bool = False) -> dict:
+    """Unpack a run's archive parts in ``folder`` into the checkout and return its run.json.
+    Members are checked first (nothing outside the checkout, files and folders only), and
+    with ``require_complete`` an incomplete run is refused before anything is written."""
     parts = sorted(folder.glob(f"{ARCHIVE}.part*"))
     if not parts:
         raise SystemExit(f"offline_bundle: no {ARCHIVE}.part* files in {folder}")
@@ -322,17 +327,17 @@ def _unpack(folder: Path, extract: bool = True) -> dict:
                 summary = json.loads(tar.extractfile(".carry/logs/run.json").read())
             except KeyError:
                 raise SystemExit(f"offline_bundle: {folder} holds no .carry/logs/run.json; not a run's archive") from None
-            if extract:
-                tar.extractall(ROOT, members, filter="data")
+            if require_complete and not summary.get("complete"):
+                raise SystemExit(
+                    "offline_bundle: the run did not complete (see .carry/logs in the archive; `run --resume` goes on); "
+                    "nothing imported"
+                )
+            tar.extractall(ROOT, members, filter="data")
     return summary
 
 
 def import_outputs(folder: Path) -> None:
-    if not _unpack(folder, extract=False).get("complete"):  # an incomplete run leaves the checkout untouched
-        raise SystemExit(
-            "offline_bundle: the run did not complete (see .carry/logs in the archive; `run --resume` goes on); nothing imported"
-        )
-    summary = _unpack(folder)
+    summary = _unpack(folder, require_complete=True)
     dvc = _dvc()
     prepares = [stage["name"] for stage in summary["plan"]["stages"] if _kind(stage) == "prepare"]
     if prepares:
@@ -360,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         make(arguments.targets, arguments.mirror)
         return 0
     if arguments.command == "run":
+        if arguments.jobs < 1:
+            parser.error(f"--jobs must be an integer >= 1, got {arguments.jobs}")
         return run(arguments.jobs, arguments.out, arguments.deadline, arguments.resume)
     import_outputs(arguments.folder)
     return 0

@@ -52,7 +52,6 @@ def test_same_seed_gives_identical_metrics_and_weights_and_another_seed_differs(
     run_training(profile, "moons", "adv", 1, root / "c", root / "c-metrics", progress=False)
     assert deterministic_part(root / "a-metrics") == deterministic_part(root / "b-metrics")
     assert (root / "a-metrics/history.json").read_bytes() == (root / "b-metrics/history.json").read_bytes()
-    assert same_weights(root / "a/weights.safetensors", root / "b/weights.safetensors")
     # Byte for byte (DVC hashes bytes: a retrained identical model is no new output).
     assert (root / "a/weights.safetensors").read_bytes() == (root / "b/weights.safetensors").read_bytes()
     assert not same_weights(root / "a/weights.safetensors", root / "c/weights.safetensors")
