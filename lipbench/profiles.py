@@ -1,7 +1,9 @@
 """A pipeline profile: the ``params.yaml`` beside a ``dvc.yaml`` (quick, mnist, paper).
 
 The file is both DVC's parameter file (stages depend on its sections) and the source
-of the stage matrix (``datasets``, ``methods``, ``seeds``). Paths in it are relative to
+of the stage matrix (``datasets``, ``models``, ``seeds``). A *model* is a model variant: a
+registered method with its parameters (``train.<dataset>.<model>``, which may name the
+method with a ``method`` key, e.g. ``hkr_m2_12: {method: hkr, margin: 2.12}``). Paths in it are relative to
 the stage working directory, the repository root. Every accessor validates what it
 reads and names the file and key in its errors.
 """
@@ -17,7 +19,7 @@ import yaml
 
 __all__ = ["Profile", "load_profile", "ProfileError"]
 
-_REQUIRED = ("profile", "datasets", "methods", "seeds", "paths", "prepare", "train")
+_REQUIRED = ("profile", "datasets", "models", "seeds", "paths", "prepare", "train")
 _PATHS = ("data", "models", "evaluation", "metrics", "reports")
 
 
@@ -40,7 +42,8 @@ class Profile:
 
     @property
     def models(self) -> list[str]:
-        return list(self.params["methods"])
+        """The model variants (``models``): registered methods with their parameters."""
+        return list(self.params["models"])
 
     @property
     def seeds(self) -> list[int]:
@@ -64,11 +67,11 @@ class Profile:
         return node
 
     def check_member(self, kind: str, value: Any) -> None:
-        members = {"dataset": self.datasets, "method": self.models, "seed": self.seeds}[kind]
+        members = {"dataset": self.datasets, "model": self.models, "seed": self.seeds}[kind]
         if value not in members:
             raise ProfileError(
                 f"{self.path}: {kind} {value!r} is not in this profile's {kind}s ({', '.join(map(str, members))}); "
-                f"add it to '{'methods' if kind == 'method' else kind + 's'}' or pick one of those"
+                f"add it to '{kind}s' or pick one of those"
             )
 
     def prepare_params(self, dataset: str) -> dict[str, Any]:
@@ -102,10 +105,14 @@ def load_profile(path: str | Path) -> Profile:
         params = yaml.safe_load(handle) or {}
     if not isinstance(params, Mapping):
         raise ProfileError(f"{path}: expected a mapping at the top level")
+    if "methods" in params and "models" not in params:
+        raise ProfileError(
+            f"{path}: the top-level key 'methods' is now 'models' (the list of model variants to train); rename it"
+        )
     missing = [key for key in _REQUIRED if key not in params]
     if missing:
         raise ProfileError(f"{path}: missing top-level keys {', '.join(missing)}")
-    for key in ("datasets", "methods", "seeds"):
+    for key in ("datasets", "models", "seeds"):
         value = params[key]
         if not isinstance(value, list) or not value:
             raise ProfileError(f"{path}: {key} must be a non-empty list, got {value!r}")

@@ -18,15 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
 
 
-def _headline(stage: str, summary: dict) -> str:
-    if stage == "certify":
-        accuracy = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(summary["epsilons"], summary["certified_accuracy"]))
-        return f"L <= {summary['lipschitz_upper_bound']['whole_map']:.4g}, certified accuracy {accuracy}"
-    if stage == "attack":
-        accuracy = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(summary["epsilons"], summary["robust_accuracy"]))
-        return f"robust accuracy {accuracy}; {summary['calls_saved']} attack calls saved by certificates"
-    lower, upper = summary["lower_bound"]["whole_map"], summary["upper_bound"]["whole_map"]
-    return f"{summary['status']} (lower bound {lower:.4g} <= upper bound {upper:.4g})"
+def _headline(summary) -> str:
+    from lipbench.summaries import AttackSummary, CertifySummary
+
+    if isinstance(summary, CertifySummary):
+        accuracy = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(summary.epsilons, summary.certified_accuracy))
+        return f"L <= {summary.lipschitz_upper_bound.whole_map:.4g}, certified accuracy {accuracy}"
+    if isinstance(summary, AttackSummary):
+        accuracy = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(summary.epsilons, summary.robust_accuracy))
+        return (
+            f"robust accuracy {accuracy}; attack calls saved: {sum(summary.calls_saved_by_certificates.values())} by "
+            f"certificates, {sum(summary.calls_saved_by_smaller_eps.values())} by smaller eps"
+        )
+    lower, upper = summary.lower_bound.whole_map, summary.upper_bound.whole_map
+    return f"{summary.status} (lower bound {lower:.4g} <= upper bound {upper:.4g})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except VerificationFailed as failure:
         print(f"lipbench verify: FAILED for {args.dataset}:\n{failure}", file=sys.stderr)
         return 1
-    for method, seeds in metrics["models"].items():
-        for seed, summary in seeds.items():
-            reused = " (unchanged, reused)" if summary.get("reused") else ""
-            print(f"lipbench {stage}: {args.dataset}/{method}/{seed}: {_headline(stage, summary)}{reused}")
+    for key, summary in metrics.summaries.items():
+        reused = " (unchanged, reused)" if summary.reused else ""
+        print(f"lipbench {stage}: {key.label}: {_headline(summary)}{reused}")
     return 0

@@ -178,25 +178,24 @@ class CelebAEyeglasses(RemoteDataset):
             extract_staged(root / _ZIP, _IMAGES, root, check_images)
             images_record["verified"] = f"extracted from {_ZIP} (md5 verified)"
 
-        splits = {}
-        for split, names in split_files.items():
-            rows = [f"{name} {labels[name]}\n" for name in names]
-            with open(stage / f"{split}.txt", "w", encoding="utf-8") as handle:
-                handle.writelines(rows)
-            counts = np.bincount([labels[name] for name in names], minlength=2).tolist()
-            splits[split] = {
-                "file": f"{split}.txt",
-                "count": len(names),
-                "x_shape": list(self.info.input_shape),
-                "x_dtype": "float32",
-                "class_counts": counts,
-            }
         return {
             "inputs": inputs,
             "images": images_record,
             "attribute": _ATTRIBUTE,
             "preprocessing": "centre crop to min(width, height) square (178x178), bilinear resize to 128x128",
-            "splits": splits,
+            "splits": {split: self._write_split(stage, split, names, labels) for split, names in split_files.items()},
+        }
+
+    def _write_split(self, stage: Path, split: str, names: list[str], labels: Mapping[str, int]) -> dict[str, Any]:
+        """``<split>.txt`` (one ``name label`` line per image) and its manifest record."""
+        with open(stage / f"{split}.txt", "w", encoding="utf-8") as handle:
+            handle.writelines(f"{name} {labels[name]}\n" for name in names)
+        return {
+            "file": f"{split}.txt",
+            "count": len(names),
+            "x_shape": list(self.info.input_shape),
+            "x_dtype": "float32",
+            "class_counts": np.bincount([labels[name] for name in names], minlength=2).tolist(),
         }
 
     def _load(self, data_dir: Path, target: Path, manifest: Mapping[str, Any]) -> tuple[Dataset, Dataset]:

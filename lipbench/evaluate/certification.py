@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lipbench.evaluate.certify import certified_accuracy, certified_radius, predictions
+from lipbench.arrays import CertifyArrays
+from lipbench.curves import certified_accuracy_curve
 from lipbench.nn import LipschitzUpperBound, lipschitz_upper_bound
+from lipbench.nn.certificates import certified_radius, predictions
+from lipbench.runs import RunKey
+from lipbench.summaries import CertifySummary, UpperBoundRecord
 
 __all__ = ["Certification", "certify_model", "input_gradients", "level_set_grid"]
 
@@ -26,38 +29,47 @@ class Certification:
     radius: np.ndarray
     correct: np.ndarray
     labels: np.ndarray
+    predictions: np.ndarray
     logits: np.ndarray
     gradients: np.ndarray
     #: For 2-D inputs (two-moons): the logits on a regular grid around the data, for level sets.
     grid: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
-    def certified_accuracy(self) -> dict[float, float]:
-        return certified_accuracy(torch.from_numpy(self.radius), torch.from_numpy(self.correct), self.epsilons)
+    def certified_accuracy(self) -> list[float]:
+        return certified_accuracy_curve(self.radius, self.correct, self.epsilons).tolist()
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "radius": self.radius,
-            "correct": self.correct,
-            "labels": self.labels,
-            "logits": self.logits,
-            "gradients": self.gradients,
-            "epsilons": np.asarray(self.epsilons, dtype=np.float64),
-            "whole_map_lipschitz": np.asarray(self.upper.whole_map),
-            "per_logit_lipschitz": np.asarray(self.upper.per_logit),
-            **{f"grid_{key}": value for key, value in self.grid.items()},
-        }
+    def arrays(self) -> CertifyArrays:
+        return CertifyArrays(
+            radius=self.radius,
+            correct=self.correct,
+            labels=self.labels,
+            predictions=self.predictions,
+            logits=self.logits,
+            gradients=self.gradients,
+            epsilons=np.asarray(self.epsilons, dtype=np.float64),
+            whole_map_lipschitz=np.asarray(self.upper.whole_map),
+            per_logit_lipschitz=np.asarray(self.upper.per_logit),
+            grid_x=self.grid.get("x"),
+            grid_y=self.grid.get("y"),
+            grid_values=self.grid.get("values"),
+        )
 
-    def summary(self) -> dict[str, Any]:
-        accuracy = self.certified_accuracy  # computed once, not once per eps
-        return {
-            "points": len(self.radius),
-            "clean_accuracy": float(self.correct.mean()),
-            "epsilons": self.epsilons,
-            "certified_accuracy": [accuracy[float(eps)] for eps in self.epsilons],
-            "median_certified_radius_correct": float(np.median(self.radius[self.correct])) if self.correct.any() else 0.0,
-            "lipschitz_upper_bound": self.upper.as_dict(),
-        }
+    def summary(self, key: RunKey, fingerprint: str, parameter_count: int) -> CertifySummary:
+        return CertifySummary(
+            dataset=key.dataset,
+            model=key.model,
+            seed=key.seed,
+            external=key.external,
+            fingerprint=fingerprint,
+            points=len(self.radius),
+            clean_accuracy=float(self.correct.mean()),
+            epsilons=list(self.epsilons),
+            certified_accuracy=self.certified_accuracy,
+            median_certified_radius_correct=float(np.median(self.radius[self.correct])) if self.correct.any() else 0.0,
+            lipschitz_upper_bound=UpperBoundRecord.from_json(self.upper.as_dict(), "certificate"),
+            parameter_count=parameter_count,
+        )
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -92,10 +104,12 @@ def certify_model(
         if not (np.isfinite(eps) and eps >= 0):
             raise ValueError(f"epsilons must be finite and >= 0, got {eps}")
     upper = lipschitz_upper_bound(model, input_shape)
+    y = y.detach().cpu()
     device = next(model.parameters()).device
     logits = torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
     radius = certified_radius(logits, upper.whole_map, upper.max_per_logit)
-    correct = predictions(logits) == y
+    predicted = predictions(logits)
+    correct = predicted == y
     gradients = input_gradients(model, x[:gradient_points].to(device)).cpu()
     grid = level_set_grid(model, x) if tuple(input_shape) == (2,) else {}
     return Certification(
@@ -104,6 +118,7 @@ def certify_model(
         radius=radius.double().numpy(),
         correct=correct.numpy(),
         labels=y.numpy(),
+        predictions=predicted.numpy(),
         logits=logits.numpy(),
         gradients=gradients.numpy(),
         grid=grid,

@@ -8,17 +8,19 @@ and the soundness gate always run the exported model in float32.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lipbench.evaluate.attacks import ATTACK_PRECISIONS, ATTACKS
+from lipbench.evaluate.verification import VerifyOptions
 from lipbench.profiles import Profile, ProfileError
 
 __all__ = ["EvaluationSettings", "evaluation_settings"]
 
-_VERIFY_DEFAULTS = {"ascent_steps": 10, "audit_points": 100, "audit_steps": 20, "layer_power_iterations": 30}
+_VERIFY_DEFAULTS = dataclasses.asdict(VerifyOptions())
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class EvaluationSettings:
     batch_size: int
     device: str
     workers: int
-    verify: dict[str, int] = field(default_factory=dict)
+    verify: VerifyOptions = field(default_factory=VerifyOptions)
     attack_precision: str = "fp32"  # "bf16": attacks search under autocast; checks stay float32
     attack_compile: bool = False  # torch.compile the model the attacks query
 
@@ -45,6 +47,7 @@ class EvaluationSettings:
             "certify": ("epsilons", "certify_points"),
             "attack": (
                 "epsilons",
+                "headline_eps",
                 "attack_points",
                 "deepfool_points",
                 "attacks",
@@ -54,13 +57,22 @@ class EvaluationSettings:
             ),
             "verify": ("verify", "certify_points"),
         }[stage]
-        return {key: getattr(self, key) for key in keys}
+        return {key: dataclasses.asdict(self.verify) if key == "verify" else getattr(self, key) for key in keys}
 
 
 def _positive_int(where: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ProfileError(f"{where} must be an integer >= 1, got {value!r}")
     return value
+
+
+def _epsilons(where: str, epsilons: Any) -> list:
+    if not isinstance(epsilons, list) or not epsilons:
+        raise ProfileError(f"{where}.epsilons must be a non-empty list of numbers >= 0")
+    for eps in epsilons:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps < 0:
+            raise ProfileError(f"{where}.epsilons: every eps must be a finite number >= 0, got {eps!r}")
+    return epsilons
 
 
 def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
@@ -72,12 +84,7 @@ def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise ProfileError(f"{where}: unknown keys {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}")
-    epsilons = section.get("epsilons")
-    if not isinstance(epsilons, list) or not epsilons:
-        raise ProfileError(f"{where}.epsilons must be a non-empty list of numbers >= 0")
-    for eps in epsilons:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not np.isfinite(eps) or eps < 0:
-            raise ProfileError(f"{where}.epsilons: every eps must be a finite number >= 0, got {eps!r}")
+    epsilons = _epsilons(where, section.get("epsilons"))
     headline = section.get("headline_eps", epsilons[len(epsilons) // 2])
     if headline not in epsilons:
         raise ProfileError(f"{where}.headline_eps ({headline!r}) must be one of its epsilons {epsilons}")
@@ -120,7 +127,7 @@ def evaluation_settings(profile: Profile, dataset: str) -> EvaluationSettings:
         batch_size=_positive_int(f"{profile.path}: evaluate.batch_size", common.get("batch_size", 256)),
         device=str(common.get("device", "auto")),
         workers=_positive_int(f"{profile.path}: evaluate.workers", common.get("workers", 1)),
-        verify=verify,
+        verify=VerifyOptions(**verify),
         attack_precision=precision,
         attack_compile=compile_model,
     )

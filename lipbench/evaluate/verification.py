@@ -1,19 +1,19 @@
 """The soundness gate: empirical evidence against the recorded certificates.
 
-Checks, each of which fails verification with a message naming the model, the point and
-the numbers:
+Checks, one function each (each returns its record and its failures; a failure names the
+model, the point and the numbers):
 
-1. the empirical Lipschitz lower bound (gradient norms at points, gradient-norm ascent,
-   difference quotients of attack pairs) against the recorded strict upper bound, whole
-   map and per logit, with tolerance ``1 + 1e-4``;
-2. every layer's lower bound (power iteration on the layer's operator at its real input
-   size, which converges from below) against the layer's recorded upper bound;
-3. minimal-perturbation attacks (CW, DeepFool; run on every correctly classified point,
-   certified or not): a verified adversarial example closer than the point's certified
-   radius beats the certificate;
-4. an audit attack: PGD restricted to ``0.999 *`` the certified radius of each audited
-   certified point must not change its class;
-5. robust accuracy under attack below certified accuracy at some eps.
+1. :func:`check_lipschitz_lower_bounds`: the empirical Lipschitz lower bound (gradient
+   norms at points, gradient-norm ascent, difference quotients of attack pairs) against
+   the recorded strict upper bound, whole map and per logit, with tolerance ``1 + 1e-4``;
+2. :func:`check_layer_bounds`: every layer's lower bound (power iteration on the layer's
+   operator at its real input size, which converges from below) against its upper bound;
+3. :func:`check_minimal_attacks`: minimal-perturbation attacks (CW, DeepFool; run on every
+   correctly classified point, certified or not; DeepFool on its longer curve when there
+   is one): a verified adversarial example closer than the certified radius beats it;
+4. :func:`check_robust_vs_certified`: robust accuracy under attack below certified accuracy;
+5. :func:`audit_certificates`: PGD restricted to ``0.999 *`` the certified radius of each
+   audited certified point must not change its class.
 
 There is no switch that turns the gate off. Unconstrained models go through the same
 checks with their (large, but strict) bound.
@@ -22,48 +22,116 @@ checks with their (large, but strict) bound.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lipbench.evaluate.certify import predictions
+from lipbench.arrays import AttackArrays, CertifyArrays
 from lipbench.nn import lipschitz_lower_bound, pair_quotients
+from lipbench.nn.certificates import predictions
+from lipbench.runs import RunKey
+from lipbench.summaries import AttackSummary, LayerBoundRecord, LayerCheck, LowerBoundRecord, UpperBoundRecord, VerifySummary
 
-__all__ = ["TOLERANCE", "Verification", "verify_model", "layer_lower_bounds", "audit_certificates"]
+__all__ = [
+    "TOLERANCE",
+    "VerifyOptions",
+    "Verification",
+    "verify_model",
+    "check_lipschitz_lower_bounds",
+    "check_layer_bounds",
+    "check_minimal_attacks",
+    "check_robust_vs_certified",
+    "audit_certificates",
+]
 
 TOLERANCE = 1e-4
+_LIMIT = 1 + TOLERANCE
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How hard the gate looks (``evaluate.verify`` of a profile)."""
+
+    ascent_steps: int = 10
+    audit_points: int = 100
+    audit_steps: int = 20
+    layer_power_iterations: int = 30
 
 
 @dataclass
 class Verification:
+    """Every check's record, and the failures (empty: verified)."""
+
     label: str
-    upper: Mapping[str, Any]
-    lower: dict[str, Any]
-    layers: list[dict[str, Any]]
+    upper: UpperBoundRecord
+    lower: LowerBoundRecord
+    layers: list[LayerCheck]
     audit: dict[str, Any]
-    minimal_attack_checks: dict[str, Any]
-    failures: list[str] = field(default_factory=list)
+    minimal_attack_checks: dict[str, dict[str, Any]]
+    failures: list[str]
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "model": self.label,
-            "status": "verified" if self.passed else "failed",
-            "tolerance": TOLERANCE,
-            "upper_bound": dict(self.upper),
-            "lower_bound": self.lower,
-            "layers": self.layers,
-            "certificate_audit": self.audit,
-            "minimal_attack_checks": self.minimal_attack_checks,
-            "failures": self.failures,
-        }
+    def summary(self, key: RunKey, fingerprint: str) -> VerifySummary:
+        return VerifySummary(
+            dataset=key.dataset,
+            model=key.model,
+            seed=key.seed,
+            external=key.external,
+            fingerprint=fingerprint,
+            label=self.label,
+            status="verified" if self.passed else "failed",
+            tolerance=TOLERANCE,
+            upper_bound=self.upper,
+            lower_bound=self.lower,
+            layers=self.layers,
+            certificate_audit=self.audit,
+            minimal_attack_checks=self.minimal_attack_checks,
+            failures=self.failures,
+        )
+
+
+def _pair_lower_bounds(model: nn.Module, x: torch.Tensor, attacks: AttackArrays) -> tuple[float, float]:
+    """Largest difference quotients (whole map, one logit) between attacked points and their
+    stored adversarial examples."""
+    indices = attacks.example_indices
+    whole_max = logit_max = 0.0
+    for examples in attacks.examples.values():
+        rows = examples.reshape(-1, len(indices), *x.shape[1:]) if examples.ndim == x.ndim + 1 else examples[None]
+        for row in rows:
+            found = ~np.isnan(row.reshape(len(indices), -1)).any(axis=1)
+            if found.any():
+                whole, per_logit = pair_quotients(model, x[indices[found]], torch.from_numpy(row[found]).to(x))
+                whole_max, logit_max = max(whole_max, float(whole.max())), max(logit_max, float(per_logit.max()))
+    return whole_max, logit_max
+
+
+def check_lipschitz_lower_bounds(
+    label: str, model: nn.Module, x: torch.Tensor, upper: UpperBoundRecord, attacks: AttackArrays, options: VerifyOptions
+) -> tuple[LowerBoundRecord, list[str]]:
+    """Check 1: empirical lower bounds (points, ascent, attack pairs) against the upper bounds."""
+    lower = lipschitz_lower_bound(model, x[: max(options.audit_points, 1)], ascent_steps=options.ascent_steps)
+    pair_whole, pair_logit = _pair_lower_bounds(model, x, attacks)
+    sources = dict(lower.sources) | {"attack_pairs_whole_map": pair_whole, "attack_pairs_max_per_logit": pair_logit}
+    whole = max(lower.whole_map, pair_whole)
+    record = LowerBoundRecord(whole, list(lower.per_logit), lower.max_per_logit, lower.logit_difference, sources)
+    failures = []
+    if whole > upper.whole_map * _LIMIT:
+        failures.append(
+            f"{label}: empirical Lipschitz lower bound {whole:.6g} exceeds the certified upper bound "
+            f"{upper.whole_map:.6g} of the whole logit map (sources: {sources})"
+        )
+    for index, (low, high) in enumerate(zip(lower.per_logit, upper.per_logit)):
+        if low > high * _LIMIT:
+            failures.append(f"{label}: logit {index} has gradient norm {low:.6g} above its certified bound {high:.6g}")
+    if pair_logit > max(upper.per_logit) * _LIMIT:
+        failures.append(f"{label}: an attack pair moved one logit at rate {pair_logit:.6g} > bound {max(upper.per_logit):.6g}")
+    return record, failures
 
 
 def _linear_part(module: nn.Module) -> nn.Module:
@@ -76,37 +144,84 @@ def _linear_part(module: nn.Module) -> nn.Module:
     return Linear()
 
 
-def layer_lower_bounds(model: nn.Module, layers: list[Mapping[str, Any]], iterations: int = 30) -> list[dict[str, Any]]:
-    """Power iteration (``A^T A``) on every Linear/Conv2d layer at its recorded input shape."""
+def _power_iteration_norm(module: nn.Module, layer: LayerBoundRecord, iterations: int, generator: torch.Generator) -> float:
+    """``||A v||`` after power iteration on ``A^T A`` (a lower bound of the operator norm)."""
+    operator, weight = _linear_part(module), module.weight
+    v = torch.randn((1, *layer.input_shape), generator=generator, dtype=weight.dtype).to(weight.device)
+    estimate = 0.0
+    for _ in range(iterations):
+        v = (v / v.norm()).requires_grad_(True)
+        with torch.enable_grad():
+            out = operator(v)
+            (back,) = torch.autograd.grad(out, v, out.detach())
+        estimate = float(out.detach().norm())  # ||A v|| with ||v|| = 1
+        v = back.detach()
+    return estimate
+
+
+def check_layer_bounds(
+    label: str, model: nn.Module, layers: list[LayerBoundRecord], iterations: int = 30
+) -> tuple[list[LayerCheck], list[str]]:
+    """Check 2: power iteration on every Linear/Conv2d layer at its recorded input shape."""
     modules = dict(model.named_modules())
-    results = []
     generator = torch.Generator().manual_seed(0)
+    checks, failures = [], []
     for layer in layers:
-        module = modules.get(layer["name"])
-        entry = {"name": layer["name"], "type": layer["type"], "upper": layer["bound"], "method": layer["method"]}
+        module = modules.get(layer.name)
+        lower = None
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            operator = _linear_part(module)
-            parameter = module.weight
-            v = torch.randn((1, *layer["input_shape"]), generator=generator, dtype=parameter.dtype).to(parameter.device)
-            estimate = 0.0
-            for _ in range(iterations):
-                v = (v / v.norm()).requires_grad_(True)
-                with torch.enable_grad():
-                    out = operator(v)
-                    (back,) = torch.autograd.grad(out, v, out.detach())
-                estimate = float(out.detach().norm())  # ||A v|| with ||v|| = 1: a lower bound
-                v = back.detach()
-            entry["lower"] = estimate
-        results.append(entry)
-    return results
+            lower = _power_iteration_norm(module, layer, iterations, generator)
+            if lower > layer.bound * _LIMIT:
+                failures.append(
+                    f"{label}: layer {layer.name} ({layer.type}) has operator norm >= {lower:.6g}, above its "
+                    f"recorded bound {layer.bound:.6g}"
+                )
+        checks.append(LayerCheck(layer.name, layer.type, layer.bound, layer.method, lower))
+    return checks, failures
+
+
+def _beaten(label: str, name: str, norms: np.ndarray, radius: np.ndarray, correct: np.ndarray) -> tuple[dict, list[str]]:
+    n = len(norms)
+    beaten = np.flatnonzero(correct[:n] & (norms < radius[:n] * (1 - 1e-6)))
+    failures = [
+        f"{label}: {name} found an adversarial example at distance {norms[point]:.6g} from test point "
+        f"{point}, inside its certified radius {float(radius[point]):.6g}"
+        for point in beaten[:5]
+    ]
+    return {"points": int(correct[:n].sum()), "inside_certified_radius": len(beaten)}, failures
+
+
+def check_minimal_attacks(label: str, certificates: CertifyArrays, attacks: AttackArrays) -> tuple[dict[str, dict], list[str]]:
+    """Check 3: no minimal adversarial example inside a certified radius (per attack, on the
+    points it ran on: the attack set, or for DeepFool its longer curve when there is one)."""
+    radius, correct = np.asarray(certificates.radius, np.float64), np.asarray(certificates.correct, bool)
+    records, failures = {}, []
+    for name, norms in attacks.min_norms.items():
+        if name == "deepfool_l2" and attacks.deepfool_curve_min_norm is not None:
+            norms = attacks.deepfool_curve_min_norm
+        records[name], found = _beaten(label, name, np.asarray(norms, np.float64), radius, correct)
+        failures += found
+    return records, failures
+
+
+def check_robust_vs_certified(label: str, attack: AttackSummary) -> list[str]:
+    """Check 4: robust accuracy under attack is never below certified accuracy (same points)."""
+    return [
+        f"{label}: robust accuracy under attack {robust:.4f} is below certified accuracy {certified:.4f} at eps {eps}"
+        for eps, robust, certified in zip(attack.epsilons, attack.robust_accuracy, attack.certified_accuracy)
+        if robust < certified - 1e-12
+    ]
+
+
+def _margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        return logits[:, 0] * (2 * label - 1)
+    true = logits.gather(1, label[:, None])[:, 0]
+    return true - logits.scatter(1, label[:, None], float("-inf")).max(dim=1).values
 
 
 def audit_certificates(
-    model: nn.Module,
-    x: torch.Tensor,
-    radius: torch.Tensor,
-    bounds: tuple[float, float],
-    steps: int = 20,
+    model: nn.Module, x: torch.Tensor, radius: torch.Tensor, bounds: tuple[float, float], steps: int = 20
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD within ``0.999 * radius`` (per point) minimising the margin of the predicted class.
 
@@ -122,12 +237,7 @@ def audit_certificates(
     for _ in range(steps):
         delta.requires_grad_(True)
         with torch.enable_grad():
-            logits = model((x + delta.reshape(x.shape)).clamp(*bounds))
-            if logits.shape[1] == 1:
-                margin = logits[:, 0] * (2 * label - 1)
-            else:
-                true = logits.gather(1, label[:, None])[:, 0]
-                margin = true - logits.scatter(1, label[:, None], float("-inf")).max(dim=1).values
+            margin = _margin(model((x + delta.reshape(x.shape)).clamp(*bounds)), label)
             (gradient,) = torch.autograd.grad(margin.sum(), delta)
         with torch.no_grad():
             delta = delta - 0.25 * budget * gradient / gradient.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -139,101 +249,50 @@ def audit_certificates(
     return changed, distance
 
 
+def _audit(
+    label: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    certificates: CertifyArrays,
+    bounds: tuple[float, float],
+    options: VerifyOptions,
+) -> tuple[dict[str, Any], list[str]]:
+    """Check 5: the certificate audit on the first ``audit_points`` certified points."""
+    radius = torch.from_numpy(np.asarray(certificates.radius, dtype=np.float64))
+    correct = np.asarray(certificates.correct, dtype=bool)
+    audited = np.flatnonzero(correct & (radius.numpy() > 0))[: options.audit_points]
+    record: dict[str, Any] = {"points": len(audited), "steps": options.audit_steps, "changed": 0}
+    if not len(audited):
+        return record, []
+    changed, distance = audit_certificates(model, x[audited], radius[audited].to(x), bounds, options.audit_steps)
+    record["changed"] = int(changed.sum())
+    record["mean_relative_distance"] = float((distance / radius[audited].to(x).clamp_min(1e-12)).mean())
+    failures = [
+        f"{label}: test point {audited[point]} changed class under a perturbation of norm "
+        f"{float(distance[point]):.6g}, inside its certified radius {float(radius[audited[point]]):.6g}"
+        for point in np.flatnonzero(changed.cpu().numpy())[:5]
+    ]
+    return record, failures
+
+
 def verify_model(
     label: str,
     model: nn.Module,
     x: torch.Tensor,
-    certificates: Mapping[str, np.ndarray],
-    upper: Mapping[str, Any],
-    attacks: Mapping[str, np.ndarray] | None,
-    attack_summary: Mapping[str, Any] | None,
+    certificates: CertifyArrays,
+    upper: UpperBoundRecord,
+    attacks: AttackArrays,
+    attack_summary: AttackSummary,
     bounds: tuple[float, float],
-    *,
-    ascent_steps: int = 10,
-    audit_points: int = 100,
-    audit_steps: int = 20,
-    layer_iterations: int = 30,
+    options: VerifyOptions = VerifyOptions(),
 ) -> Verification:
-    """Run every check of the module docstring; ``certificates`` are the certify stage's
-    arrays for the points ``x`` (``radius``, ``correct``), ``upper`` its recorded bound."""
-    failures: list[str] = []
-    whole_upper = float(upper["whole_map"])
-    logit_upper = [float(v) for v in upper["per_logit"]]
-    limit = 1 + TOLERANCE
-
-    lower = lipschitz_lower_bound(model, x[: max(audit_points, 1)], ascent_steps=ascent_steps)
-    lower_record = lower.as_dict()
-    pair_whole = pair_logit = 0.0
-    if attacks is not None:
-        indices = attacks["example_indices"]
-        for key, examples in attacks.items():
-            if not key.startswith("examples_"):
-                continue
-            stacked = examples.reshape(-1, len(indices), *x.shape[1:]) if examples.ndim == x.ndim + 1 else examples[None]
-            for row in stacked:
-                found = ~np.isnan(row.reshape(len(indices), -1)).any(axis=1)
-                if found.any():
-                    whole, per_logit = pair_quotients(model, x[indices[found]], torch.from_numpy(row[found]).to(x))
-                    pair_whole = max(pair_whole, float(whole.max()))
-                    pair_logit = max(pair_logit, float(per_logit.max()))
-        lower_record["sources"]["attack_pairs_whole_map"] = pair_whole
-        lower_record["sources"]["attack_pairs_max_per_logit"] = pair_logit
-    lower_whole = max(lower.whole_map, pair_whole)
-    lower_record["whole_map"] = lower_whole
-    if lower_whole > whole_upper * limit:
-        failures.append(
-            f"{label}: empirical Lipschitz lower bound {lower_whole:.6g} exceeds the certified upper bound "
-            f"{whole_upper:.6g} of the whole logit map (sources: {lower_record['sources']})"
-        )
-    for index, (low, high) in enumerate(zip(lower.per_logit, logit_upper)):
-        if low > high * limit:
-            failures.append(f"{label}: logit {index} has gradient norm {low:.6g} above its certified bound {high:.6g}")
-    if pair_logit > max(logit_upper) * limit:
-        failures.append(f"{label}: an attack pair moved one logit at rate {pair_logit:.6g} > bound {max(logit_upper):.6g}")
-
-    layers = layer_lower_bounds(model, list(upper.get("layers", [])), layer_iterations)
-    for layer in layers:
-        if "lower" in layer and layer["lower"] > layer["upper"] * limit:
-            failures.append(
-                f"{label}: layer {layer['name']} ({layer['type']}) has operator norm >= {layer['lower']:.6g}, above its "
-                f"recorded bound {layer['upper']:.6g}"
-            )
-
-    radius = torch.from_numpy(np.asarray(certificates["radius"], dtype=np.float64))
-    correct = np.asarray(certificates["correct"], dtype=bool)
-    minimal_checks: dict[str, Any] = {}
-    if attacks is not None:
-        for key, norms in attacks.items():
-            if not key.startswith("min_norm_"):
-                continue
-            name = key.removeprefix("min_norm_")
-            n = len(norms)
-            beaten = np.flatnonzero(correct[:n] & (norms < radius.numpy()[:n] * (1 - 1e-6)))
-            minimal_checks[name] = {"points": int(correct[:n].sum()), "inside_certified_radius": len(beaten)}
-            for point in beaten[:5]:
-                failures.append(
-                    f"{label}: {name} found an adversarial example at distance {norms[point]:.6g} from test point "
-                    f"{point}, inside its certified radius {float(radius[point]):.6g}"
-                )
-    if attack_summary is not None:
-        certified_acc = attack_summary.get("certified_accuracy") or []
-        for eps, robust, certified in zip(attack_summary["epsilons"], attack_summary["robust_accuracy"], certified_acc):
-            if robust < certified - 1e-12:
-                failures.append(
-                    f"{label}: robust accuracy under attack {robust:.4f} is below certified accuracy {certified:.4f} at eps {eps}"
-                )
-
-    audited = np.flatnonzero(correct & (radius.numpy() > 0))[:audit_points]
-    audit = {"points": len(audited), "steps": audit_steps, "changed": 0}
-    if len(audited):
-        changed, distance = audit_certificates(model, x[audited], radius[audited].to(x), bounds, audit_steps)
-        audit["changed"] = int(changed.sum())
-        audit["mean_relative_distance"] = float((distance / radius[audited].to(x).clamp_min(1e-12)).mean())
-        for point in np.flatnonzero(changed.cpu().numpy())[:5]:
-            failures.append(
-                f"{label}: test point {audited[point]} changed class under a perturbation of norm "
-                f"{float(distance[point]):.6g}, inside its certified radius {float(radius[audited[point]]):.6g}"
-            )
-    if not math.isfinite(whole_upper):
-        failures.append(f"{label}: the recorded upper bound is not finite ({whole_upper})")
-    return Verification(label, upper, lower_record, layers, audit, minimal_checks, failures)
+    """Run every check of the module docstring on the points ``x`` (the certify stage's,
+    whose arrays are ``certificates``) against the recorded bound ``upper``."""
+    lower, failures = check_lipschitz_lower_bounds(label, model, x, upper, attacks, options)
+    layers, layer_failures = check_layer_bounds(label, model, upper.layers, options.layer_power_iterations)
+    minimal, minimal_failures = check_minimal_attacks(label, certificates, attacks)
+    audit, audit_failures = _audit(label, model, x, certificates, bounds, options)
+    failures += layer_failures + minimal_failures + check_robust_vs_certified(label, attack_summary) + audit_failures
+    if not math.isfinite(upper.whole_map):
+        failures.append(f"{label}: the recorded upper bound is not finite ({upper.whole_map})")
+    return Verification(label, upper, lower, layers, audit, minimal, failures)

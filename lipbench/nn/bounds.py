@@ -3,7 +3,9 @@
 Upper bounds are computed from the exported weights in float64, layer by layer, and
 multiplied along the chain: exact spectral norms (SVD) for dense layers, the exact norm
 of the circular convolution on a grid of at least ``input + kernel - 1`` for conv layers
-(an upper bound of the zero-padded convolution), 1 for GroupSort/FullSort/L2 pooling.
+(an upper bound of the zero-padded convolution), 1 for GroupSort/FullSort/L2 pooling, the
+exact norm of average pooling (separable per channel, probed in float64) and
+``sqrt(windows per pixel)`` for max pooling.
 Power iteration converges from below and is never used for a bound.
 """
 
@@ -101,6 +103,103 @@ def _overlap(kernel_size, stride) -> int:
     return math.ceil(k1 / s1) * math.ceil(k2 / s2)
 
 
+_PROBE_ELEMENTS = 1 << 22  # float64 elements per probe batch (32 MiB)
+
+
+def _line_probes(module: nn.Module, height: int, width: int, columns: bool) -> Tensor:
+    """Single-channel outputs for the inputs with one row (``columns``: one column) of ones, stacked."""
+    count = width if columns else height
+    chunk = max(1, _PROBE_ELEMENTS // (height * width))
+    outputs = []
+    for start in range(0, count, chunk):
+        lines = torch.arange(start, min(start + chunk, count))
+        probes = torch.zeros(len(lines), 1, height, width, dtype=torch.float64)
+        if columns:
+            probes[torch.arange(len(lines)), 0, :, lines] = 1.0
+        else:
+            probes[torch.arange(len(lines)), 0, lines, :] = 1.0
+        outputs.append(module(probes)[:, 0])
+    return torch.cat(outputs)  # (count, out_h, out_w)
+
+
+@torch.no_grad()
+def _separable_pool_norm(name: str, module: nn.Module, input_size: tuple[int, int]) -> float:
+    """Exact norm of a linear pooling that is ``A_h ⊗ A_w`` on each channel (avg, adaptive avg).
+
+    PyTorch divides each window sum by ``d_h(i) d_w(j)`` (or a constant ``divisor_override``),
+    so one channel maps ``X`` to ``A_h X A_w^T``. Probing the module in float64 with a row of
+    ones gives ``A_h`` times ``(A_w 1)(j0)`` in output column ``j0``, a column of ones gives
+    ``A_w`` times ``(A_h 1)(i0)`` in output row ``i0``, and the all-ones input gives the
+    product of both factors at ``(i0, j0)``. The factorisation is then checked on a random
+    two-channel input; a module that fails the check is refused, never guessed.
+    """
+    height, width = input_size
+    ones = module(torch.ones(1, 1, height, width, dtype=torch.float64))[0, 0]
+    i0, j0 = divmod(int(ones.abs().argmax()), ones.shape[-1])
+    scale = float(ones[i0, j0])
+    rows = _line_probes(module, height, width, columns=False)[:, :, j0].T  # (out_h, h)
+    cols = _line_probes(module, height, width, columns=True)[:, i0, :].T  # (out_w, w)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, height, width, dtype=torch.float64, generator=generator)
+    expected = rows @ x @ cols.T / scale if scale else torch.full((1,), math.nan)
+    actual = module(x)
+    error = float(torch.linalg.vector_norm(actual - expected)) if actual.shape == expected.shape else math.nan
+    if not error <= 1e-9 * float(torch.linalg.vector_norm(expected)):
+        raise ValueError(
+            f"lipschitz_upper_bound: layer {name!r} ({module}) is not supported: it is not a separable "
+            f"per-channel pooling on a {height}x{width} input, so its bound is unknown"
+        )
+    return dense_operator_norm(rows) * dense_operator_norm(cols) / abs(scale)
+
+
+def _adaptive_windows_per_index(size: int, out: int) -> int:
+    """Most adaptive windows ``[floor(o size/out), ceil((o+1) size/out))`` that hold one index."""
+    counts = [0] * size
+    for o in range(out):
+        for index in range(o * size // out, -(-(o + 1) * size // out)):
+            counts[index] += 1
+    return max(counts)
+
+
+def _adaptive_max_bound(name: str, module: nn.AdaptiveMaxPool2d, input_size: tuple[int, int]) -> tuple[float, str]:
+    """``sqrt`` of the most windows holding one pixel (per-dimension product) of an adaptive max pool."""
+    output_size = module.output_size
+    output_size = (output_size, output_size) if output_size is None or isinstance(output_size, int) else output_size
+    out = tuple(size if o is None else int(o) for o, size in zip(output_size, input_size, strict=True))
+    with torch.no_grad():
+        shape = None if module.return_indices else tuple(module(torch.zeros(1, 1, *input_size)).shape[-2:])
+    if shape != out:
+        raise ValueError(
+            f"lipschitz_upper_bound: layer {name!r} ({module}) is not supported: expected an output of size "
+            f"{out} without indices on a {input_size} input"
+        )
+    windows = math.prod(_adaptive_windows_per_index(size, o) for size, o in zip(input_size, out, strict=True))
+    return math.sqrt(windows), f"sqrt({windows} adaptive windows per pixel)"
+
+
+def _pool_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, str] | None:
+    """Bound of a pooling layer, or ``None`` when ``module`` is not one of the supported poolings.
+
+    Max pooling: each output moves by at most the largest change in its window, hence by at
+    most the L2 change of the window, so ``sqrt(max windows holding one pixel)`` bounds it
+    (``ceil(k/s)`` per dimension whatever the padding or ``ceil_mode``; padding is ``-inf``).
+    """
+    input_size = (int(input_shape[-2]), int(input_shape[-1])) if len(input_shape) >= 2 else None
+    if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) and input_size is not None:
+        return _separable_pool_norm(name, module, input_size), "exact (separable probe)"
+    if isinstance(module, nn.AdaptiveMaxPool2d) and input_size is not None:
+        return _adaptive_max_bound(name, module, input_size)
+    if isinstance(module, nn.MaxPool2d):
+        if _pair(module.dilation) != (1, 1) or module.return_indices:
+            raise ValueError(
+                f"lipschitz_upper_bound: layer {name!r} ({module}) is not supported: max pooling needs "
+                "dilation 1 and return_indices=False"
+            )
+        windows = _overlap(module.kernel_size, module.stride)
+        return math.sqrt(windows), "sqrt(window overlap)"
+    return None
+
+
 def _leaf_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, str]:
     """Bound and method for one leaf module acting on inputs of ``input_shape`` (no batch)."""
     if isinstance(module, nn.Linear):
@@ -128,19 +227,9 @@ def _leaf_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> t
         return 1.0, "1"
     if isinstance(module, nn.LeakyReLU):
         return max(1.0, abs(module.negative_slope)), "max(1, |slope|)"
-    if isinstance(module, nn.MaxPool2d):
-        if _pair(module.dilation) != (1, 1):
-            raise ValueError(f"lipschitz_upper_bound: layer {name!r} ({module}) needs dilation 1")
-        return math.sqrt(_overlap(module.kernel_size, module.stride)), "sqrt(window overlap)"
-    if isinstance(module, nn.AvgPool2d):
-        if _pair(module.padding) != (0, 0):
-            raise ValueError(f"lipschitz_upper_bound: layer {name!r} ({module}) needs padding 0")
-        k1, k2 = _pair(module.kernel_size)
-        return math.sqrt(_overlap(module.kernel_size, module.stride) / (k1 * k2)), "sqrt(overlap / window)"
-    if isinstance(module, nn.AdaptiveMaxPool2d) and _pair(module.output_size) == (1, 1):
-        return 1.0, "1 (global max)"
-    if isinstance(module, nn.AdaptiveAvgPool2d) and _pair(module.output_size) == (1, 1):
-        return 1.0 / math.sqrt(input_shape[-2] * input_shape[-1]), "1/sqrt(h w)"
+    pooled = _pool_bound(name, module, input_shape)
+    if pooled is not None:
+        return pooled
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         scale = torch.rsqrt(module.running_var.double() + module.eps)
         if module.weight is not None:
@@ -149,7 +238,8 @@ def _leaf_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> t
     raise ValueError(
         f"lipschitz_upper_bound: layer {name!r} of type {type(module).__name__} has no known bound; supported: "
         "Linear, Conv2d, GroupSort/GroupSort2/FullSort, L2NormPool2d, GlobalL2NormPool2d, ReLU, LeakyReLU, "
-        "MaxPool2d, AvgPool2d, AdaptiveMax/AvgPool2d(1), BatchNorm, Flatten, Dropout, Identity"
+        "MaxPool2d (dilation 1), AvgPool2d, AdaptiveMaxPool2d, AdaptiveAvgPool2d, BatchNorm, Flatten, Unflatten, "
+        "Dropout, Identity"
     )
 
 

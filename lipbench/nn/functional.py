@@ -16,6 +16,7 @@ from torch import Tensor
 __all__ = [
     "bjorck_orthonormalize",
     "power_iteration",
+    "exact_spectral_norm",
     "strict_conv_factor",
     "lambda_conv_factor",
     "group_sort",
@@ -148,6 +149,15 @@ def power_iteration(weight: Tensor, u: Tensor, iterations: int = 1, eps: float =
         u = F.normalize(weight @ v, dim=0, eps=eps)
         v = F.normalize(weight.mT @ u, dim=0, eps=eps)
     return u, v
+
+
+def exact_spectral_norm(matrix: Tensor) -> Tensor:
+    """The largest singular value of a 2-D ``matrix`` (SVD in float64, no gradient), as a
+    0-d tensor of ``matrix``'s dtype, clamped to the dtype's smallest positive normal
+    number so that dividing a zero matrix by it gives zeros, not NaN."""
+    with torch.no_grad():
+        sigma = torch.linalg.matrix_norm(matrix.detach().double(), ord=2).to(matrix.dtype)
+        return sigma.clamp_min(torch.finfo(matrix.dtype).tiny)
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:

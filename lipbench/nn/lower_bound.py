@@ -115,6 +115,26 @@ def _gradient_norm_ascent(
     return best
 
 
+def _ascent(
+    model: nn.Module, batch: Tensor, steps: int, step_size: float, noise: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Gradient-norm ascent from ``batch``: (per-class bound on each logit's gradient norm,
+    per-point bound along the top-two logit difference, normalised)."""
+    with torch.no_grad():
+        logits = model(batch)
+    classes = logits.shape[1]
+    if classes == 1:
+        best = _gradient_norm_ascent(model, batch, torch.ones_like(logits), steps, step_size, noise, generator)
+        return best.max().reshape(1), best
+    top2 = logits.topk(2, dim=1).indices
+    direction = torch.zeros_like(logits).scatter_(1, top2[:, :1], 1.0)
+    best = _gradient_norm_ascent(model, batch, direction, steps, step_size, noise, generator)
+    # Each point's ascent bounds the logit of its own top class.
+    per_class = torch.zeros(classes, dtype=best.dtype, device=best.device).scatter_reduce(0, top2[:, 0], best, reduce="amax")
+    direction = direction.scatter(1, top2[:, 1:], -1.0) / math.sqrt(2.0)
+    return per_class, _gradient_norm_ascent(model, batch, direction, steps, step_size, noise, generator)
+
+
 def lipschitz_lower_bound(
     model: nn.Module,
     x: Tensor,
@@ -139,25 +159,9 @@ def lipschitz_lower_bound(
         per_logit.append(logit_norms)
         difference.append(pairwise)
         if ascent_steps > 0:
-            with torch.no_grad():
-                logits = model(batch)
-            classes = logits.shape[1]
-            if classes == 1:
-                direction = torch.ones_like(logits)
-                best = _gradient_norm_ascent(model, batch, direction, ascent_steps, ascent_step_size, ascent_noise, generator)
-                ascent_logit.append(best.max().reshape(1))
-                ascent_difference.append(best)
-            else:
-                top2 = logits.topk(2, dim=1).indices
-                direction = torch.zeros_like(logits).scatter_(1, top2[:, :1], 1.0)
-                best = _gradient_norm_ascent(model, batch, direction, ascent_steps, ascent_step_size, ascent_noise, generator)
-                # Each point's ascent bounds the logit of its own top class.
-                per_class = torch.zeros(classes, dtype=best.dtype, device=best.device)
-                ascent_logit.append(per_class.scatter_reduce(0, top2[:, 0], best, reduce="amax"))
-                direction = direction.scatter(1, top2[:, 1:], -1.0) / math.sqrt(2.0)
-                ascent_difference.append(
-                    _gradient_norm_ascent(model, batch, direction, ascent_steps, ascent_step_size, ascent_noise, generator)
-                )
+            logit_bound, difference_bound = _ascent(model, batch, ascent_steps, ascent_step_size, ascent_noise, generator)
+            ascent_logit.append(logit_bound)
+            ascent_difference.append(difference_bound)
     at_points_whole = float(torch.cat(whole).max())
     per_logit_values = torch.cat(per_logit).max(dim=0).values
     at_points_difference = float(torch.cat(difference).max())

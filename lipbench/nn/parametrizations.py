@@ -1,8 +1,9 @@
 """Weight parametrizations for ``torch.nn.utils.parametrize``.
 
-``SpectralBjorck`` is the paper's constraint (section 5): spectral normalisation by
-power iteration with a persistent vector, then Björck orthonormalisation, then a
-constant factor (the convolution correction). ``RowNormalized`` divides each output
+``SpectralBjorck`` is the paper's constraint (section 5): spectral normalisation (by
+power iteration with a persistent vector in training, by the exact spectral norm in
+eval mode and export), then Björck orthonormalisation, then a constant factor (the
+convolution correction). ``RowNormalized`` divides each output
 row by its norm, so each logit of an output layer is separately 1-Lipschitz.
 
 Both are recomputed from the current parameters at every access of ``module.weight``:
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipbench.nn.functional import bjorck_orthonormalize, power_iteration
+from lipbench.nn.functional import bjorck_orthonormalize, exact_spectral_norm, power_iteration
 
 __all__ = ["SpectralBjorck", "RowNormalized"]
 
@@ -25,9 +26,24 @@ _INITIAL_POWER_ITERATIONS = 15
 class SpectralBjorck(nn.Module):
     """``W -> scale * bjorck(W / sigma(W))`` on the weight reshaped to ``(out, -1)``.
 
-    ``sigma`` comes from power iteration on a persistent left vector ``u``: one step per
-    training forward (``power_iterations``), none in eval mode, so evaluation is a pure
-    function of the stored state. ``u`` is warmed up with 15 steps at creation.
+    Training mode (the paper's section 5): ``sigma`` comes from power iteration on a
+    persistent left vector ``u``, one step per training forward (``power_iterations``),
+    then ``sigma = u^T W v``. ``u`` is warmed up with 15 steps at creation.
+
+    Eval mode (``not self.training``, which is also how export evaluates the weight):
+    ``sigma`` is the exact spectral norm of the current matrix (largest singular value,
+    float64, no gradient), cast to the matrix dtype. The stored ``u`` was updated by the
+    last *training* forward, i.e. before the last optimiser step; when that step moves
+    the weight far (large learning rate, large batch), ``||W^T u||`` is far below the new
+    ``||W||_2``, ``W / sigma`` has singular values above ``sqrt(3)``, outside the range
+    ``(0, sqrt(3))`` where Björck's iteration converges, and the eval model and its export
+    blow up to non-finite weights. The exact norm is a pure function of the parameters
+    (``u`` is neither read nor written), never below the true norm (up to rounding to the
+    matrix dtype), so Björck always converges and the export equals the eval model. It
+    is treated as a constant by autograd: gradients w.r.t. the input (saliency, attacks)
+    flow as usual. A zero matrix keeps a finite (zero) weight: ``sigma`` is clamped to the
+    dtype's smallest positive normal number. Training is unchanged (same speed, same
+    trained weights).
     """
 
     def __init__(
@@ -54,8 +70,11 @@ class SpectralBjorck(nn.Module):
         self.register_buffer("u", u)
 
     def spectral_normalize(self, matrix: Tensor) -> Tensor:
-        """``matrix / sigma``; updates ``u`` first when training."""
-        if self.training and self.power_iterations > 0:
+        """``matrix / sigma``: power-iteration ``sigma`` (updating ``u`` first) when
+        training, the exact spectral norm in eval mode (see the class docstring)."""
+        if not self.training:
+            return matrix / exact_spectral_norm(matrix)
+        if self.power_iterations > 0:
             u, _ = power_iteration(matrix.detach(), self.u, self.power_iterations)
             self.u.copy_(u)
         # A clone, so a later in-place update of the buffer cannot break this graph.

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lipbench.profiles import Profile
-from lipbench.report.inputs import ModelKey, check_inputs, read_train
+from lipbench.report.inputs import ReportInputs, read_inputs
+from lipbench.runs import RunKey
 
 __all__ = ["KEPT", "expected_figures", "build_report"]
 
@@ -31,22 +32,21 @@ def _kept(name: str) -> bool:
     return name in KEPT or name.startswith(".")
 
 
-def expected_figures(profile: Profile) -> list[str]:
-    """Stems of the figures the notebooks must produce for ``profile`` (PNG and SVG each)."""
-    from lipbench.report.images import hkr_model, is_image_dataset
+def expected_figures(inputs: ReportInputs) -> list[str]:
+    """Stems of the figures the notebooks must produce for the profile (PNG and SVG each)."""
+    from lipbench.report.images import hkr_model
 
+    profile = inputs.profile
     stems = []
     if "moons" in profile.datasets and any(m in profile.models for m in ("kr", "hkr")):
         stems += ["moons_level_sets", "moons_histograms"]
     for dataset in profile.datasets:
         stems += [f"robustness_{dataset}", f"deepfool_{dataset}"]
-        if is_image_dataset(profile, dataset):
+        if inputs.is_image_dataset(dataset):
             stems.append(f"adversarial_{dataset}")
             seed = profile.seeds[0]
-            unconstrained = any(
-                not read_train(profile, ModelKey(dataset, m, seed)).get("constrained", True) for m in profile.models
-            )
-            if unconstrained or hkr_model(profile, dataset) is not None:
+            unconstrained = any(not inputs.train[RunKey(dataset, m, seed)].constrained for m in profile.models)
+            if unconstrained or hkr_model(inputs, dataset) is not None:
                 stems.append(f"saliency_{dataset}")
     return stems
 
@@ -91,14 +91,14 @@ def build_report(
 
     started = time.perf_counter()
     log = (lambda message: print(f"lipbench report: {message}", flush=True)) if progress else (lambda message: None)
-    check_inputs(profile)
+    inputs = read_inputs(profile)
     sources = notebook_sources(notebooks_dir or NOTEBOOKS_DIR)
-    expected = expected_figures(profile)
+    expected = expected_figures(inputs)
     reports_dir = profile.path_of("reports")
     reports_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{reports_dir.name}.build-", dir=reports_dir.parent))
     try:
-        result = _build_into(profile, staging, sources, Path(cwd or Path.cwd()), expected, log)
+        result = _build_into(inputs, staging, sources, Path(cwd or Path.cwd()), expected, log)
         _swap_in(staging, reports_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -110,7 +110,7 @@ def build_report(
     return outputs
 
 
-def _build_into(profile: Profile, out: Path, sources: list[Path], cwd: Path, expected: list[str], log) -> dict[str, Any]:
+def _build_into(inputs: ReportInputs, out: Path, sources: list[Path], cwd: Path, expected: list[str], log) -> dict[str, Any]:
     from lipbench.io import write_text_atomic
     from lipbench.report.index import render_index
     from lipbench.report.leaderboard import write_leaderboard
@@ -118,9 +118,10 @@ def _build_into(profile: Profile, out: Path, sources: list[Path], cwd: Path, exp
     from lipbench.report.plotting import FORMATS
     from lipbench.report.tables import all_tables, write_plot_csvs, write_tables
 
-    tables = all_tables(profile)
+    profile = inputs.profile
+    tables = all_tables(inputs)
     table_paths = write_tables(tables, out / "tables")
-    plots = write_plot_csvs(profile, out / "plots")
+    plots = write_plot_csvs(inputs, out / "plots")
     log(f"{len(table_paths)} table files, {len(plots)} plot files")
     (out / "figures").mkdir()
     notebooks = [run_notebook(source, profile.path, out, cwd, log=log) for source in sources]
@@ -129,7 +130,7 @@ def _build_into(profile: Profile, out: Path, sources: list[Path], cwd: Path, exp
     missing = [name for name in wanted if not (out / "figures" / name).is_file()]
     if missing:
         raise NotebookError(f"the report notebooks in {sources[0].parent} did not produce the figures {', '.join(missing)}")
-    leaderboard = write_leaderboard(profile, out)
-    index = render_index(profile, out, figures, tables, plots, notebooks, leaderboard)
+    leaderboard = write_leaderboard(inputs, out)
+    index = render_index(inputs, out, figures, tables, plots, notebooks, leaderboard)
     write_text_atomic(out / "index.html", index)
     return {"figures": figures, "tables": table_paths, "plots": plots, "notebooks": notebooks, "leaderboard": leaderboard}

@@ -31,6 +31,7 @@ IGNORED_KEYS = frozenset(
         "timing",
         "seconds",
         "seconds_total",
+        "attack_seconds",
         "environment",
         "fingerprint",
         "info",

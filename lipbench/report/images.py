@@ -14,12 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from lipbench.profiles import Profile
-from lipbench.report.inputs import ModelKey, display_name, load_arrays, load_test_inputs, read_train
+from lipbench.report.inputs import ReportInputs, load_test_inputs
+from lipbench.report.labels import display_name
+from lipbench.runs import RunKey
 
 __all__ = [
     "ImageRow",
-    "is_image_dataset",
     "hkr_model",
     "transport_counterfactual",
     "adversarial_rows",
@@ -40,20 +40,13 @@ class ImageRow:
     kind: str = "input"
 
 
-def is_image_dataset(profile: Profile, dataset: str) -> bool:
-    """True when the dataset's inputs are images (C, H, W), judged from the stored gradients."""
-    gradients = load_arrays(profile, "certify", ModelKey(dataset, profile.models[0], profile.seeds[0]))["gradients"]
-    return gradients.ndim == 4
-
-
-def hkr_model(profile: Profile, dataset: str) -> str | None:
+def hkr_model(inputs: ReportInputs, dataset: str) -> str | None:
     """The profile's hKR model (``hkr`` itself, else the first variant trained with the hkr method)."""
-    if "hkr" in profile.models:
+    models = inputs.profile.models
+    if "hkr" in models:
         return "hkr"
-    for model in profile.models:
-        if read_train(profile, ModelKey(dataset, model, profile.seeds[0])).get("method") == "hkr":
-            return model
-    return None
+    seed = inputs.profile.seeds[0]
+    return next((model for model in models if inputs.train[RunKey(dataset, model, seed)].method == "hkr"), None)
 
 
 def transport_counterfactual(x: np.ndarray, logits: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, float]:
@@ -69,62 +62,63 @@ def _columns(clean_correct: Sequence[np.ndarray], indices: np.ndarray, count: in
     return (ok + rest)[:count]
 
 
-def adversarial_rows(profile: Profile, dataset: str, columns: int = 8) -> tuple[list[ImageRow], tuple[float, float]]:
+def _minimal_example(arrays, slot: int) -> tuple[np.ndarray, str] | None:
+    for name, short in _MINIMAL:
+        examples = arrays.examples.get(name)
+        if examples is not None and np.isfinite(examples[slot]).all():
+            return examples[slot], short
+    return None
+
+
+def adversarial_rows(inputs: ReportInputs, dataset: str, columns: int = 8) -> tuple[list[ImageRow], tuple[float, float]]:
     """Clean inputs, each model's minimal adversarial example (C&W, else DeepFool) and the hKR counterfactual."""
-    seed = profile.seeds[0]
-    attacks = {m: load_arrays(profile, "attack", ModelKey(dataset, m, seed)) for m in profile.models}
-    indices = next(iter(attacks.values()))["example_indices"]
-    slots = _columns([a["clean_correct"] for a in attacks.values()], indices, columns)
+    seed = inputs.profile.seeds[0]
+    attacks = {m: inputs.attack_arrays(RunKey(dataset, m, seed)) for m in inputs.profile.models}
+    indices = next(iter(attacks.values())).example_indices
+    slots = _columns([a.clean_correct for a in attacks.values()], indices, columns)
     chosen = [int(indices[slot]) for slot in slots]
-    x, y, info = load_test_inputs(profile, dataset, max(chosen) + 1)
+    x, y, info = load_test_inputs(inputs.profile, dataset, max(chosen) + 1)
     rows = [ImageRow("clean input", [x[i] for i in chosen], [f"label {y[i]}" for i in chosen])]
     for model, arrays in attacks.items():
         images, captions = [], []
         for slot, index in zip(slots, chosen):
-            found = None
-            for name, short in _MINIMAL:
-                key = f"examples_{name}"
-                if key in arrays and np.isfinite(arrays[key][slot]).all():
-                    found = (arrays[key][slot], short)
-                    break
+            found = _minimal_example(arrays, slot)
             images.append(None if found is None else found[0])
             if found is not None:
                 captions.append(f"{found[1]} {np.linalg.norm(found[0] - x[index]):.2f}")
             else:
-                captions.append("none found" if arrays["clean_correct"][index] else "misclassified")
-        label = display_name(read_train(profile, ModelKey(dataset, model, seed)))
-        rows.append(ImageRow(label, images, captions))
-    hkr = hkr_model(profile, dataset)
+                captions.append("none found" if arrays.clean_correct[index] else "misclassified")
+        rows.append(ImageRow(display_name(inputs.train[RunKey(dataset, model, seed)]), images, captions))
+    hkr = hkr_model(inputs, dataset)
     if hkr is not None:
-        cert = load_arrays(profile, "certify", ModelKey(dataset, hkr, seed))
+        cert = inputs.certify_arrays(RunKey(dataset, hkr, seed))
         images, captions = [], []
         for index in chosen:
-            if index >= len(cert["gradients"]):
+            if index >= len(cert.gradients):
                 images.append(None)
                 captions.append("no gradient")
                 continue
-            moved, value = transport_counterfactual(x[index], cert["logits"][index], cert["gradients"][index])
+            moved, value = transport_counterfactual(x[index], cert.logits[index], cert.gradients[index])
             images.append(moved)
             captions.append(f"f={value:.2f}")
         rows.append(ImageRow(r"hKR: $x - 2f(x)\nabla f(x)$", images, captions))
     return rows, info.bounds
 
 
-def saliency_rows(profile: Profile, dataset: str, columns: int = 8) -> tuple[list[ImageRow], tuple[float, float]]:
+def saliency_rows(inputs: ReportInputs, dataset: str, columns: int = 8) -> tuple[list[ImageRow], tuple[float, float]]:
     """Clean inputs and the input gradient of the predicted logit for hKR and the unconstrained models."""
-    seed = profile.seeds[0]
-    hkr = hkr_model(profile, dataset)
-    unconstrained = [m for m in profile.models if not read_train(profile, ModelKey(dataset, m, seed)).get("constrained", True)]
+    seed = inputs.profile.seeds[0]
+    hkr = hkr_model(inputs, dataset)
+    unconstrained = [m for m in inputs.profile.models if not inputs.train[RunKey(dataset, m, seed)].constrained]
     models = ([hkr] if hkr else []) + unconstrained
-    certs = {m: load_arrays(profile, "certify", ModelKey(dataset, m, seed)) for m in models}
-    count = min([columns, *(len(c["gradients"]) for c in certs.values())])
-    x, y, info = load_test_inputs(profile, dataset, count)
+    certs = {m: inputs.certify_arrays(RunKey(dataset, m, seed)) for m in models}
+    count = min([columns, *(len(c.gradients) for c in certs.values())])
+    x, y, info = load_test_inputs(inputs.profile, dataset, count)
     rows = [ImageRow("clean input", list(x[:count]), [f"label {label}" for label in y[:count]])]
     for model, cert in certs.items():
-        predicted = cert["logits"][:count]
-        classes = (predicted[:, 0] > 0).astype(int) if predicted.shape[1] == 1 else predicted.argmax(axis=1)
-        label = display_name(read_train(profile, ModelKey(dataset, model, seed)))
-        rows.append(ImageRow(label, list(cert["gradients"][:count]), [f"pred {c}" for c in classes], kind="gradient"))
+        label = display_name(inputs.train[RunKey(dataset, model, seed)])
+        captions = [f"pred {c}" for c in cert.predictions[:count]]
+        rows.append(ImageRow(label, list(cert.gradients[:count]), captions, kind="gradient"))
     return rows, info.bounds
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from lipbench.evaluate.layout import STAGES
-from lipbench.profiles import Profile
-from lipbench.report.inputs import ModelKey, model_keys, read_stage, read_train, stage_summary
+from lipbench.report.inputs import ReportInputs
 from lipbench.report.tables import Table
+from lipbench.runs import EVALUATION_STAGES as STAGES
+from lipbench.runs import RunKey
+from lipbench.summaries import AttackSummary
 
 __all__ = ["environment_rows", "runtime_tables", "render_index"]
 
@@ -55,13 +56,11 @@ def _distinct(values: Iterable[Any]) -> str:
     return ", ".join(seen) if seen else "-"
 
 
-def environment_rows(profile: Profile) -> list[tuple[str, str]]:
+def environment_rows(inputs: ReportInputs) -> list[tuple[str, str]]:
     """(field, value) rows: versions, hardware and git commit of the training and evaluation runs."""
-    train_envs = [read_train(profile, key).get("environment", {}) for key in model_keys(profile)]
-    jsons = {(stage, dataset): read_stage(profile, stage, dataset) for stage in STAGES for dataset in profile.datasets}
-    eval_envs = [
-        stage_summary(jsons[stage, key.dataset], key).get("environment", {}) for stage in STAGES for key in model_keys(profile)
-    ]
+    profile = inputs.profile
+    train_envs = [inputs.train[key].environment for key in inputs.keys()]
+    eval_envs = [metrics.summary(key).environment for metrics in inputs.stages.values() for key in inputs.keys(metrics.dataset)]
     rows = [
         ("profile", f"{profile.name} ({profile.path})"),
         ("datasets", ", ".join(profile.datasets)),
@@ -80,51 +79,42 @@ def environment_rows(profile: Profile) -> list[tuple[str, str]]:
     return rows
 
 
-def _seconds(value: Any) -> tuple[float, str]:
-    """A summary's ``seconds``: a number, or {attack: seconds} summed (breakdown as text)."""
-    if isinstance(value, Mapping):
-        parts = ", ".join(f"{k} {float(v):.1f}" for k, v in value.items())
-        return float(sum(float(v) for v in value.values())), parts
-    return (float("nan"), "") if value is None else (float(value), "")
+def _model_seconds(inputs: ReportInputs, stage: str, key: RunKey) -> tuple[float, str]:
+    """A model's seconds in a stage, with the per-attack breakdown for the attack stage."""
+    summary = inputs.stages[stage, key.dataset].summary(key)
+    breakdown = summary.attack_seconds if isinstance(summary, AttackSummary) else {}
+    return summary.seconds, ", ".join(f"{name} {seconds:.1f}" for name, seconds in breakdown.items())
 
 
-def runtime_tables(profile: Profile) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+def runtime_tables(inputs: ReportInputs) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
     """Rows of: training per model; each stage per dataset; each stage per model."""
     train_rows, stage_rows, model_rows = [], [], []
-    for key in model_keys(profile):
-        train = read_train(profile, key)
-        timing = train.get("timing", {})
-        per_epoch = timing.get("seconds_per_epoch") or []
+    for key in inputs.keys():
+        train = inputs.train[key]
+        per_epoch = train.timing.seconds_per_epoch
         train_rows.append(
             [
                 key.dataset,
                 key.model,
                 str(key.seed),
-                str(train.get("epochs", len(per_epoch))),
+                str(train.epochs),
                 f"{np.mean(per_epoch):.3f}" if per_epoch else "-",
-                f"{timing.get('train_seconds', float('nan')):.1f}",
-                f"{timing.get('wall_seconds', float('nan')):.1f}",
+                f"{train.timing.train_seconds:.1f}",
+                f"{train.timing.wall_seconds:.1f}",
             ]
         )
-    for dataset in profile.datasets:
-        jsons = {stage: read_stage(profile, stage, dataset) for stage in STAGES}
-        stage_rows.append(
-            [
-                dataset,
-                *[f"{_seconds(jsons[s].get('seconds'))[0]:.1f}" for s in STAGES],
-                ", ".join(sorted({str(len(jsons[s].get("recomputed", []))) for s in STAGES})),
-            ]
-        )
-        for model in profile.models:
-            for seed in profile.seeds:
-                key = ModelKey(dataset, model, seed)
-                cells, notes = [], []
-                for stage in STAGES:
-                    total, breakdown = _seconds(stage_summary(jsons[stage], key).get("seconds"))
-                    cells.append(f"{total:.2f}")
-                    if breakdown:
-                        notes.append(f"{stage}: {breakdown}")
-                model_rows.append([dataset, model, str(seed), *cells, "; ".join(notes)])
+    for dataset in inputs.profile.datasets:
+        metrics = [inputs.stages[stage, dataset] for stage in STAGES]
+        recomputed = ", ".join(sorted({str(len(m.recomputed)) for m in metrics}))
+        stage_rows.append([dataset, *[f"{m.seconds:.1f}" for m in metrics], recomputed])
+        for key in inputs.keys(dataset):
+            cells, notes = [], []
+            for stage in STAGES:
+                total, breakdown = _model_seconds(inputs, stage, key)
+                cells.append(f"{total:.2f}")
+                if breakdown:
+                    notes.append(f"{stage}: {breakdown}")
+            model_rows.append([dataset, key.model, str(key.seed), *cells, "; ".join(notes)])
     return train_rows, stage_rows, model_rows
 
 
@@ -144,7 +134,7 @@ def _figures_html(figures: Sequence[Path], root: Path) -> str:
 
 
 def render_index(
-    profile: Profile,
+    inputs: ReportInputs,
     root: Path,
     figures: Sequence[Path],
     tables: Sequence[Table],
@@ -153,6 +143,7 @@ def render_index(
     leaderboard: Mapping[str, Path],
 ) -> str:
     """The HTML of ``index.html`` for a report whose files live under ``root``."""
+    profile = inputs.profile
     rel = lambda path: Path(path).relative_to(root).as_posix()  # noqa: E731
     parts = [
         "<!DOCTYPE html>",
@@ -169,13 +160,14 @@ def render_index(
     ]
     for table in tables:
         links = " | ".join(_link(f"tables/{table.name}.{s}", s.upper()) for s in ("md", "csv", "tex"))
-        parts += [f"<h3>{_e(table.title)}</h3><p>{links}</p>", _table(table.columns, table.rows, numeric_from=3)]
+        titles = [column.title for column in table.columns]
+        parts += [f"<h3>{_e(table.title)}</h3><p>{links}</p>", _table(titles, table.display_rows, numeric_from=3)]
         parts += [f"<p class='note'>{_e(note)}</p>" for note in table.notes]
     parts.append(
         "<h2>Data behind <code>dvc plots</code></h2><ul>" + "".join(f"<li>{_link(rel(p))}</li>" for p in sorted(plots)) + "</ul>"
     )
-    parts += ["<h2>Environment</h2>", _table(("field", "value"), environment_rows(profile))]
-    train_rows, stage_rows, model_rows = runtime_tables(profile)
+    parts += ["<h2>Environment</h2>", _table(("field", "value"), environment_rows(inputs))]
+    train_rows, stage_rows, model_rows = runtime_tables(inputs)
     parts += [
         "<h2>Runtimes</h2><h3>train (per model)</h3>",
         _table(("dataset", "model", "seed", "epochs", "s / epoch", "train s", "wall s"), train_rows, numeric_from=3),

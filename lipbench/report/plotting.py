@@ -16,15 +16,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
-import torch
 from matplotlib.figure import Figure
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-from lipbench.evaluate.attacks import accuracy_from_min_norms
-from lipbench.evaluate.certify import certified_accuracy
+from lipbench.curves import accuracy_from_min_norms, certified_accuracy_curve
 from lipbench.io import atomic_path
-from lipbench.profiles import Profile
-from lipbench.report.inputs import ModelKey, display_name, load_arrays, read_stage, read_train, stage_summary
+from lipbench.report.inputs import ReportInputs
+from lipbench.report.labels import ATTACK_LABELS, display_name
+from lipbench.runs import RunKey
 
 __all__ = [
     "FORMATS",
@@ -43,13 +42,6 @@ __all__ = [
 ]
 
 FORMATS = ("png", "svg")
-ATTACK_LABELS = {
-    "fgm": "FGM",
-    "pgd_l2": "PGD",
-    "cw_l2": "C&W",
-    "deepfool_l2": "DeepFool",
-    "autoattack_l2": "AutoAttack",
-}
 _SAVE_METADATA = {"png": {"Software": None}, "svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}}
 _EPS_LABEL = r"$\ell_2$ perturbation budget $\varepsilon$"
 
@@ -100,51 +92,65 @@ def palette(models: Sequence[str]) -> dict[str, tuple[float, float, float]]:
 
 @dataclass
 class RobustnessCurves:
-    """A model's accuracy-vs-eps data (averaged over the profile's seeds)."""
+    """A model's accuracy-vs-eps data (averaged over the profile's seeds).
+
+    ``certified``, ``clean``, ``per_attack`` and ``combined`` are on the attack stage's
+    ``attack_points``; ``deepfool`` and ``certified_deepfool`` on the same ``deepfool_points``
+    (DeepFool's longer curve when the profile has one, else the attack points).
+    """
 
     model: str
     label: str
     eps_grid: np.ndarray
     certified: np.ndarray
     deepfool: np.ndarray | None
+    certified_deepfool: np.ndarray
+    attack_points: int
+    deepfool_points: int
     epsilons: list[float]
     clean: float
     per_attack: dict[str, list[float]] = field(default_factory=dict)
     combined: list[float] = field(default_factory=list)
 
 
-def robustness_curves(profile: Profile, dataset: str, eps_max: float | None = None, points: int = 241) -> list[RobustnessCurves]:
+def _model_curves(inputs: ReportInputs, key: RunKey, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
+    """(certified on the attack points, DeepFool and certified on DeepFool's points, their count)."""
+    certificates, attacks = inputs.certify_arrays(key), inputs.attack_arrays(key)
+    n = len(attacks.clean_correct)
+    certified = certified_accuracy_curve(certificates.radius[:n], certificates.correct[:n], grid)
+    norms = attacks.deepfool_norms()
+    count = n if norms is None else len(norms)
+    deepfool = None if norms is None else accuracy_from_min_norms(norms, grid)
+    return certified, deepfool, certified_accuracy_curve(certificates.radius[:count], certificates.correct[:count], grid), count
+
+
+def robustness_curves(
+    inputs: ReportInputs, dataset: str, eps_max: float | None = None, points: int = 241
+) -> list[RobustnessCurves]:
     """Curves of every model of ``dataset``: certified and DeepFool from the arrays, attacks from the summaries."""
-    attack_json = read_stage(profile, "attack", dataset)
     result = []
-    for model in profile.models:
-        keys = [ModelKey(dataset, model, seed) for seed in profile.seeds]
-        summaries = [stage_summary(attack_json, key) for key in keys]
-        epsilons = [float(e) for e in summaries[0]["epsilons"]]
-        top = eps_max if eps_max is not None else 1.5 * max(epsilons)
-        grid = np.linspace(0.0, top, points)
-        certified, deepfool = [], []
-        for key in keys:
-            cert = load_arrays(profile, "certify", key)
-            radius = torch.as_tensor(np.asarray(cert["radius"], np.float64))
-            by_eps = certified_accuracy(radius, torch.as_tensor(cert["correct"]), grid.tolist())
-            certified.append([by_eps[float(eps)] for eps in grid])
-            attack = load_arrays(profile, "attack", key)
-            norms = attack.get("min_norm_deepfool_l2_curve", attack.get("min_norm_deepfool_l2"))
-            if norms is not None:
-                deepfool.append(accuracy_from_min_norms(norms, grid))
-        names = summaries[0]["attacks"]
+    for model in inputs.profile.models:
+        keys = [RunKey(dataset, model, seed) for seed in inputs.profile.seeds]
+        summaries = [inputs.attack(key) for key in keys]
+        epsilons = list(summaries[0].epsilons)
+        grid = np.linspace(0.0, eps_max if eps_max is not None else 1.5 * max(epsilons), points)
+        curves = [_model_curves(inputs, key, grid) for key in keys]
+        deepfool = [curve[1] for curve in curves if curve[1] is not None]
+        names = summaries[0].attacks
         result.append(
             RobustnessCurves(
                 model=model,
-                label=display_name(read_train(profile, keys[0])),
+                label=display_name(inputs.train[keys[0]]),
                 eps_grid=grid,
-                certified=np.mean(certified, axis=0),
+                certified=np.mean([curve[0] for curve in curves], axis=0),
                 deepfool=np.mean(deepfool, axis=0) if len(deepfool) == len(keys) else None,
+                certified_deepfool=np.mean([curve[2] for curve in curves], axis=0),
+                attack_points=summaries[0].n_points,
+                deepfool_points=curves[0][3],
                 epsilons=epsilons,
-                clean=float(np.mean([s["clean_accuracy"] for s in summaries])),
-                per_attack={a: np.mean([s["per_attack_robust_accuracy"][a] for s in summaries], axis=0).tolist() for a in names},
-                combined=np.mean([s["robust_accuracy"] for s in summaries], axis=0).tolist(),
+                clean=float(np.mean([s.clean_accuracy for s in summaries])),
+                per_attack={a: np.mean([s.per_attack_robust_accuracy[a] for s in summaries], axis=0).tolist() for a in names},
+                combined=np.mean([s.robust_accuracy for s in summaries], axis=0).tolist(),
             )
         )
     return result
@@ -156,19 +162,16 @@ def _grid_shape(count: int, max_cols: int) -> tuple[int, int]:
 
 
 def robustness_figure(title: str, curves: Sequence[RobustnessCurves], max_cols: int = 4) -> Figure:
-    """Accuracy vs eps, one panel per model: certified, DeepFool, each attack, all attacks (paper Fig. 3/4)."""
+    """Accuracy vs eps, one panel per model: certified, each attack and all attacks, every curve
+    on the attack stage's points (paper Fig. 3/4)."""
     rows, cols = _grid_shape(len(curves), max_cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows + 0.8), sharex=True, sharey=True, squeeze=False)
     attack_colors = dict(zip(ATTACK_LABELS, sns.color_palette("colorblind", len(ATTACK_LABELS))))
     markers = dict(zip(ATTACK_LABELS, "os^vD"))
     for ax, item in zip(axes.flat, curves):
         ax.plot(item.eps_grid, item.certified, color="black", lw=2.2, label="certified")
-        if item.deepfool is not None:
-            ax.plot(item.eps_grid, item.deepfool, color=attack_colors["deepfool_l2"], lw=1.6, label="DeepFool (min. norms)")
         xs = [0.0, *item.epsilons]
         for name, values in item.per_attack.items():
-            if name == "deepfool_l2" and item.deepfool is not None:
-                continue
             ax.plot(
                 xs,
                 [item.clean, *values],
@@ -193,13 +196,15 @@ def robustness_figure(title: str, curves: Sequence[RobustnessCurves], max_cols: 
         ax.set_ylabel("accuracy")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False, bbox_to_anchor=(0.5, -0.01))
-    fig.suptitle(title)
+    points = sorted({item.attack_points for item in curves})
+    fig.suptitle(f"{title} (every curve on the same first {'/'.join(map(str, points))} test points)")
     fig.tight_layout(rect=(0, 0.09 if rows > 1 else 0.14, 1, 1))
     return fig
 
 
 def deepfool_figure(title: str, curves: Sequence[RobustnessCurves], colors: Mapping[str, tuple]) -> Figure:
-    """All models on one axes: DeepFool accuracy (solid) and certified accuracy (dashed) vs eps."""
+    """All models on one axes: DeepFool accuracy (solid) and certified accuracy (dashed) vs eps,
+    both on DeepFool's points (or, without DeepFool, all attacks and certified on the attack points)."""
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
     for item in curves:
         color = colors[item.model]
@@ -208,14 +213,15 @@ def deepfool_figure(title: str, curves: Sequence[RobustnessCurves], colors: Mapp
         else:
             label = f"{item.label} (all attacks)"
             ax.plot([0.0, *item.epsilons], [item.clean, *item.combined], color=color, marker="o", label=label)
-        ax.plot(item.eps_grid, item.certified, color=color, lw=1.3, ls="--")
+        ax.plot(item.eps_grid, item.certified_deepfool, color=color, lw=1.3, ls="--")
     ax.plot([], [], color="gray", lw=1.8, label="DeepFool accuracy (solid)")
     ax.plot([], [], color="gray", lw=1.3, ls="--", label="certified accuracy (dashed)")
     ax.set_xlabel(_EPS_LABEL)
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(0, max(item.eps_grid[-1] for item in curves))
-    ax.set_title(title)
+    points = sorted({item.deepfool_points for item in curves})
+    ax.set_title(f"{title} (first {'/'.join(map(str, points))} test points)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig

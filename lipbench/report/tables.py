@@ -1,12 +1,17 @@
 """The report's tables (Markdown, CSV, LaTeX) and the per-model CSVs behind ``dvc plots``.
 
-* ``robustness_<dataset>``: paper Table 1 layout, one row per (model, eps): clean
-  accuracy, robust accuracy under each attack and all attacks combined, certified accuracy;
+* ``robustness_<dataset>``: paper Table 1 layout, one row per (model, eps): clean, each
+  attack, all attacks combined and certified accuracy, all on the attack stage's points,
+  then certified accuracy on the certify stage's larger set and clean accuracy on the
+  whole test set (each column's points are named in the notes);
 * ``cost``: parameters, time per epoch, training time, peak memory;
 * ``lipschitz``: verified upper bound, empirical lower bound, verification status.
 
-Values are means over the profile's seeds (``± std`` when there are several); the CSV
-files carry fractions, the Markdown and LaTeX files percentages.
+A table is a list of :class:`Column` specs and rows of raw values; each column renders its
+values to Markdown, LaTeX and CSV. Values are means over the profile's seeds (``± std``
+with several seeds); CSV files carry fractions, Markdown and LaTeX percentages. A row
+where certified > robust or robust > clean on the same points is refused
+(:func:`lipbench.entries.require_accuracy_order`). Light module: no torch, no matplotlib.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from lipbench.entries import require_accuracy_order
 from lipbench.io import write_text_atomic
-from lipbench.profiles import Profile
-from lipbench.report.inputs import ModelKey, latex_name, read_stage, read_train, stage_summary
-from lipbench.report.plotting import ATTACK_LABELS
+from lipbench.report.inputs import ReportInputs
+from lipbench.report.labels import attack_label, latex_name
+from lipbench.runs import RunKey
 
 __all__ = [
+    "Column",
     "Table",
     "latex_escape",
     "robustness_table",
@@ -51,34 +58,84 @@ _LATEX_ESCAPES = {
 }
 
 
+def latex_escape(text: str) -> str:
+    if text.startswith("$") and text.endswith("$") and len(text) > 1:
+        return text
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text).replace("±", r"$\pm$").replace("ε", r"$\varepsilon$")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def _spread(values: Sequence[float], scale: float, fmt: str) -> str:
+    text = format(scale * _mean(values), fmt)
+    return f"{text} ± {format(scale * float(np.std(values)), fmt)}" if len(values) > 1 else text
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its display title, its CSV name, and how its values render.
+
+    Kinds: ``text`` (as is), ``name`` (a paper name: plain in Markdown, math in LaTeX),
+    ``percent`` (seed values in [0, 1]: percentages, fractions in CSV), ``number`` (seed
+    values, ``fmt``), ``bound`` (a Lipschitz bound: 4 decimals below 100, else 4 digits).
+    """
+
+    title: str
+    csv: str
+    kind: str = "text"
+    fmt: str = ".4g"
+
+    def display(self, value: Any) -> str:
+        if self.kind == "percent":
+            return _spread(value, 100.0, ".1f")
+        if self.kind == "number":
+            return _spread(value, 1.0, self.fmt)
+        if self.kind == "bound":
+            return f"{value:.4f}" if abs(value) < 100 else f"{value:.4g}"
+        return str(value)
+
+    def latex(self, value: Any) -> str:
+        return latex_name(str(value)) if self.kind == "name" else latex_escape(self.display(value))
+
+    def raw(self, value: Any) -> Any:
+        if self.kind in ("percent", "number"):
+            value = _mean(value)
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.6g}"
+        return value
+
+
 @dataclass
 class Table:
-    """A table with display cells (Markdown/LaTeX) and raw values (CSV) row by row."""
+    """Rows of raw values under a list of column specs, rendered to Markdown, CSV and LaTeX."""
 
     name: str
     title: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    raw_columns: list[str] = field(default_factory=list)
-    raw: list[list[Any]] = field(default_factory=list)
-    latex_cells: list[list[str]] = field(default_factory=list)
+    columns: list[Column]
+    rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     group: int = 0  # rows per group (a rule between groups in LaTeX), 0 for none
 
+    @property
+    def display_rows(self) -> list[list[str]]:
+        return [[column.display(value) for column, value in zip(self.columns, row)] for row in self.rows]
+
     def markdown(self) -> str:
-        lines = [f"## {self.title}", "", "| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in self.rows]
+        titles = [column.title for column in self.columns]
+        lines = [f"## {self.title}", "", "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+        lines += ["| " + " | ".join(cell.replace("|", r"\|") for cell in row) + " |" for row in self.display_rows]
         return "\n".join(lines + [""] + [f"{note}  " for note in self.notes]).rstrip() + "\n"
 
     def csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(self.raw_columns)
-        writer.writerows([[_csv_value(v) for v in row] for row in self.raw])
+        writer.writerow([column.csv for column in self.columns])
+        writer.writerows([[column.raw(value) for column, value in zip(self.columns, row)] for row in self.rows])
         return buffer.getvalue()
 
     def latex(self) -> str:
-        cells = self.latex_cells or [[latex_escape(c) for c in row] for row in self.rows]
         spec = "l" * min(3, len(self.columns)) + "r" * max(0, len(self.columns) - 3)
         lines = [
             "% generated by `lipbench report`; needs \\usepackage{booktabs}",
@@ -89,142 +146,85 @@ class Table:
             f"\\label{{tab:lipbench-{self.name}}}",
             f"\\begin{{tabular}}{{{spec}}}",
             "\\toprule",
-            " & ".join(latex_escape(c) for c in self.columns) + r" \\",
+            " & ".join(latex_escape(column.title) for column in self.columns) + r" \\",
             "\\midrule",
         ]
-        for i, row in enumerate(cells):
+        for i, row in enumerate(self.rows):
             if self.group and i and i % self.group == 0:
                 lines.append("\\midrule")
-            lines.append(" & ".join(row) + r" \\")
+            lines.append(" & ".join(column.latex(value) for column, value in zip(self.columns, row)) + r" \\")
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
         return "\n".join(lines) + "\n"
 
 
-def latex_escape(text: str) -> str:
-    if text.startswith("$") and text.endswith("$") and len(text) > 1:
-        return text
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text).replace("±", r"$\pm$").replace("ε", r"$\varepsilon$")
+def _seed_keys(inputs: ReportInputs, dataset: str, model: str) -> list[RunKey]:
+    return [RunKey(dataset, model, seed) for seed in inputs.profile.seeds]
 
 
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if np.isnan(value) else f"{value:.6g}"
-    return value
-
-
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
-
-
-def _pct(values: Sequence[float]) -> str:
-    mean = 100.0 * _mean(values)
-    return f"{mean:.1f} ± {100.0 * float(np.std(values)):.1f}" if len(values) > 1 else f"{mean:.1f}"
-
-
-def _num(values: Sequence[float], fmt: str = ".4g") -> str:
-    text = format(_mean(values), fmt)
-    return f"{text} ± {format(float(np.std(values)), fmt)}" if len(values) > 1 else text
-
-
-def _bound(value: float) -> str:
-    """A Lipschitz bound: 4 decimals below 100, else 4 significant digits."""
-    return f"{value:.4f}" if abs(value) < 100 else f"{value:.4g}"
-
-
-def _name_cells(train: dict[str, Any]) -> tuple[str, str]:
-    return str(train.get("paper_name") or train["model"]), latex_name(str(train.get("paper_name") or train["model"]))
-
-
-def robustness_table(profile: Profile, dataset: str) -> Table:
-    """Paper Table 1 for one dataset: rows (model, eps), columns clean / attacks / all attacks / certified."""
-    certify, attack = read_stage(profile, "certify", dataset), read_stage(profile, "attack", dataset)
-    first = stage_summary(attack, ModelKey(dataset, profile.models[0], profile.seeds[0]))
-    attacks, epsilons = list(first["attacks"]), [float(e) for e in first["epsilons"]]
-    columns = ["Method", "Model", "ε", "Clean", *[ATTACK_LABELS.get(a, a) for a in attacks], "All attacks", "Certified"]
-    table = Table(
-        f"robustness_{dataset}",
-        f"Robust and certified accuracy (%) on {dataset}, L2 threat model",
-        columns,
-        raw_columns=["model", "method", "eps", "clean", *attacks, "combined", "certified", "seeds"],
-        group=len(epsilons),
-    )
-    points = {}
+def robustness_table(inputs: ReportInputs, dataset: str) -> Table:
+    """Paper Table 1 for one dataset: rows (model, eps); see the module docstring for the points."""
+    profile = inputs.profile
+    first = inputs.attack(inputs.keys(dataset)[0])
+    attacks, epsilons = list(first.attacks), list(first.epsilons)
+    n, m = first.n_points, inputs.certify(inputs.keys(dataset)[0]).points
+    test = inputs.train[inputs.keys(dataset)[0]].test_examples
+    percent = [Column("Clean", "clean", "percent")]
+    percent += [Column(attack_label(a), a, "percent") for a in attacks]
+    percent += [Column("All attacks", "combined", "percent"), Column("Certified", "certified", "percent")]
+    percent += [Column(f"Certified ({m} pts)", "certified_certify_points", "percent")]
+    percent += [Column(f"Clean ({test} pts)", "clean_test_set", "percent")]
+    columns = [Column("Method", "method", "name"), Column("Model", "model"), Column("ε", "eps"), *percent]
+    table = Table(f"robustness_{dataset}", f"Robust and certified accuracy (%) on {dataset}, L2 threat model", columns)
+    table.group = len(epsilons)
     for model in profile.models:
-        keys = [ModelKey(dataset, model, seed) for seed in profile.seeds]
-        trains = [read_train(profile, key) for key in keys]
-        atk = [stage_summary(attack, key) for key in keys]
-        cert = [stage_summary(certify, key) for key in keys]
-        points = {"attack": atk[0]["n_points"], "certify": cert[0]["points"], "test": trains[0].get("test_examples")}
-        name, latex = _name_cells(trains[0])
-        clean = [t["test_accuracy"] for t in trains]
+        keys = _seed_keys(inputs, dataset, model)
+        attack = [inputs.attack(key) for key in keys]
+        for summary in attack:
+            require_accuracy_order(summary)
+        certify = [inputs.certify(key) for key in keys]
+        train = inputs.train[keys[0]]
         for e, eps in enumerate(epsilons):
-            per_attack = [[s["per_attack_robust_accuracy"][a][e] for s in atk] for a in attacks]
-            combined = [s["robust_accuracy"][e] for s in atk]
-            certified = [s["certified_accuracy"][s["epsilons"].index(eps)] for s in cert]
-            values = [clean, *per_attack, combined, certified]
-            table.rows.append([name, model, f"{eps:g}", *[_pct(v) for v in values]])
-            shown = (latex, latex_escape(model)) if e == 0 else ("", "")
-            table.latex_cells.append([*shown, f"{eps:g}", *[latex_escape(_pct(v)) for v in values]])
-            table.raw.append([model, trains[0].get("method", model), eps, *[_mean(v) for v in values], len(keys)])
+            values = [[s.clean_accuracy for s in attack]]
+            values += [[s.per_attack_robust_accuracy[a][e] for s in attack] for a in attacks]
+            values += [[s.robust_accuracy[e] for s in attack], [s.certified_accuracy[e] for s in attack]]
+            values += [[c.certified_at(eps) for c in certify], [inputs.train[key].test_accuracy for key in keys]]
+            table.rows.append([train.paper_name or model, model, eps, *values])
     table.notes = [
         f"Accuracies in % (CSV: fractions), mean over seeds {', '.join(map(str, profile.seeds))}.",
-        f"Clean: the whole test set ({points.get('test')} points); attacks: the first {points.get('attack')} test points; "
-        f"certified: the first {points.get('certify')} test points (certified radius > ε).",
-        "All attacks: a point counts as robust only if no attack broke it.",
+        f"Clean, each attack, All attacks and Certified: the same first {n} test points (the attack stage's). "
+        f"Certified ({m} pts): the certify stage's first {m} test points. Clean ({test} pts): the whole test set.",
+        "All attacks: a point counts as robust only if no attack broke it. Certified: correct with certified radius > ε.",
     ]
     return table
 
 
-def cost_table(profile: Profile) -> Table:
+def cost_table(inputs: ReportInputs) -> Table:
     """Training cost of every model: parameters, seconds per epoch, training seconds, peak memory."""
-    columns = ["Dataset", "Model", "Method", "Parameters", "s / epoch", "Train s", "Peak RSS (MB)", "Device"]
-    table = Table(
-        "cost",
-        "Training cost per model",
-        columns,
-        raw_columns=[
-            "dataset",
-            "model",
-            "method",
-            "parameters",
-            "seconds_per_epoch",
-            "train_seconds",
-            "peak_rss_mb",
-            "device",
-            "seeds",
-        ],
-        group=len(profile.models),
-    )
-    for dataset in profile.datasets:
-        for model in profile.models:
-            trains = [read_train(profile, ModelKey(dataset, model, seed)) for seed in profile.seeds]
-            per_epoch = [_mean(t["timing"]["seconds_per_epoch"]) for t in trains]
-            seconds = [t["timing"]["train_seconds"] for t in trains]
-            memory = [t["peak_memory_mb"]["process_rss"] for t in trains]
-            device = trains[0].get("environment", {}).get("device", "")
-            name, latex = _name_cells(trains[0])
-            cells = [
-                dataset,
-                model,
-                name,
-                str(trains[0]["parameter_count"]),
-                _num(per_epoch, ".3f"),
-                _num(seconds, ".1f"),
-                _num(memory, ".0f"),
-                device,
-            ]
-            table.rows.append(cells)
-            table.latex_cells.append([latex_escape(dataset), latex_escape(model), latex, *[latex_escape(c) for c in cells[3:]]])
-            table.raw.append(
+    columns = [
+        Column("Dataset", "dataset"),
+        Column("Model", "model"),
+        Column("Method", "method", "name"),
+        Column("Parameters", "parameters"),
+        Column("s / epoch", "seconds_per_epoch", "number", ".3f"),
+        Column("Train s", "train_seconds", "number", ".1f"),
+        Column("Peak RSS (MB)", "peak_rss_mb", "number", ".0f"),
+        Column("Device", "device"),
+        Column("Seeds", "seeds"),
+    ]
+    table = Table("cost", "Training cost per model", columns, group=len(inputs.profile.models))
+    for dataset in inputs.profile.datasets:
+        for model in inputs.profile.models:
+            trains = [inputs.train[key] for key in _seed_keys(inputs, dataset, model)]
+            table.rows.append(
                 [
                     dataset,
                     model,
-                    trains[0].get("method", model),
-                    trains[0]["parameter_count"],
-                    _mean(per_epoch),
-                    _mean(seconds),
-                    _mean(memory),
-                    device,
+                    trains[0].paper_name or model,
+                    trains[0].parameter_count,
+                    [_mean(t.timing.seconds_per_epoch) for t in trains],
+                    [t.timing.train_seconds for t in trains],
+                    [t.peak_memory_mb["process_rss"] for t in trains],
+                    trains[0].environment.get("device", ""),
                     len(trains),
                 ]
             )
@@ -232,77 +232,41 @@ def cost_table(profile: Profile) -> Table:
     return table
 
 
-def lipschitz_table(profile: Profile) -> Table:
+def lipschitz_table(inputs: ReportInputs) -> Table:
     """Verified Lipschitz upper bound, empirical lower bound and status of every model."""
     columns = [
-        "Dataset",
-        "Model",
-        "Method",
-        "Seed",
-        "Upper (map)",
-        "Upper (max logit)",
-        "Lower (map)",
-        "Lower (max logit)",
-        "Lower / upper",
-        "Status",
-        "Failures",
+        Column("Dataset", "dataset"),
+        Column("Model", "model"),
+        Column("Method", "method", "name"),
+        Column("Seed", "seed"),
+        Column("Upper (map)", "upper_whole_map", "bound"),
+        Column("Upper (max logit)", "upper_max_per_logit", "bound"),
+        Column("Lower (map)", "lower_whole_map", "bound"),
+        Column("Lower (max logit)", "lower_max_per_logit", "bound"),
+        Column("Lower / upper", "tightness", "number", ".3f"),
+        Column("Status", "status"),
+        Column("Failures", "failures"),
     ]
-    table = Table(
-        "lipschitz",
-        "Lipschitz constant: strict upper bound vs empirical lower bound",
-        columns,
-        raw_columns=[
-            "dataset",
-            "model",
-            "method",
-            "seed",
-            "upper_whole_map",
-            "upper_max_per_logit",
-            "lower_whole_map",
-            "lower_max_per_logit",
-            "tightness",
-            "status",
-            "failures",
-        ],
-        group=len(profile.models) * len(profile.seeds),
-    )
-    for dataset in profile.datasets:
-        verify = read_stage(profile, "verify", dataset)
-        for model in profile.models:
-            for seed in profile.seeds:
-                key = ModelKey(dataset, model, seed)
-                summary, train = stage_summary(verify, key), read_train(profile, key)
-                upper, lower = summary["upper_bound"], summary["lower_bound"]
-                values = [upper["whole_map"], upper["max_per_logit"], lower["whole_map"], lower["max_per_logit"]]
-                ratio = lower["whole_map"] / upper["whole_map"] if upper["whole_map"] else float("nan")
-                failures = list(summary.get("failures", []))
-                name, latex = _name_cells(train)
-                cells = [
-                    dataset,
-                    model,
-                    name,
-                    str(seed),
-                    *[_bound(v) for v in values],
-                    f"{ratio:.3f}",
-                    summary["status"],
-                    str(len(failures)),
-                ]
-                table.rows.append(cells)
-                table.latex_cells.append(
-                    [latex_escape(dataset), latex_escape(model), latex, *[latex_escape(c) for c in cells[3:]]]
-                )
-                table.raw.append(
-                    [
-                        dataset,
-                        model,
-                        train.get("method", model),
-                        seed,
-                        *values,
-                        ratio,
-                        summary["status"],
-                        "; ".join(map(str, failures)),
-                    ]
-                )
+    profile = inputs.profile
+    table = Table("lipschitz", "Lipschitz constant: strict upper bound vs empirical lower bound", columns)
+    table.group = len(profile.models) * len(profile.seeds)
+    for key in inputs.keys():
+        verify, train = inputs.verify(key), inputs.train[key]
+        upper, lower = verify.upper_bound, verify.lower_bound
+        ratio = lower.whole_map / upper.whole_map if upper.whole_map else float("nan")
+        bounds = [upper.whole_map, upper.max_per_logit, lower.whole_map, lower.max_per_logit]
+        table.rows.append(
+            [
+                key.dataset,
+                key.model,
+                train.paper_name or key.model,
+                key.seed,
+                *bounds,
+                [ratio],
+                verify.status,
+                len(verify.failures),
+            ]
+        )
     table.notes = [
         "Upper: the strict bound certificates use. Lower: the largest gradient norm / ratio found "
         "(points, gradient ascent, attack pairs). A status other than verified means certificates are not trusted."
@@ -310,8 +274,8 @@ def lipschitz_table(profile: Profile) -> Table:
     return table
 
 
-def all_tables(profile: Profile) -> list[Table]:
-    return [*(robustness_table(profile, d) for d in profile.datasets), cost_table(profile), lipschitz_table(profile)]
+def all_tables(inputs: ReportInputs) -> list[Table]:
+    return [*(robustness_table(inputs, d) for d in inputs.profile.datasets), cost_table(inputs), lipschitz_table(inputs)]
 
 
 def write_tables(tables: Sequence[Table], folder: Path) -> list[Path]:
@@ -325,27 +289,26 @@ def write_tables(tables: Sequence[Table], folder: Path) -> list[Path]:
     return paths
 
 
-def plot_rows(profile: Profile, dataset: str, model: str) -> tuple[list[str], list[list[float]]]:
-    """Columns ``eps, certified, combined, <attack>...`` and one row per eps (means over seeds)."""
-    certify, attack = read_stage(profile, "certify", dataset), read_stage(profile, "attack", dataset)
-    keys = [ModelKey(dataset, model, seed) for seed in profile.seeds]
-    atk, cert = [stage_summary(attack, k) for k in keys], [stage_summary(certify, k) for k in keys]
-    attacks = list(atk[0]["attacks"])
+def plot_rows(inputs: ReportInputs, dataset: str, model: str) -> tuple[list[str], list[list[float]]]:
+    """Columns ``eps, certified, combined, <attack>...`` (the attack points) and one row per eps
+    (means over seeds)."""
+    attack = [inputs.attack(key) for key in _seed_keys(inputs, dataset, model)]
+    names = list(attack[0].attacks)
     rows = []
-    for e, eps in enumerate(atk[0]["epsilons"]):
-        certified = _mean([c["certified_accuracy"][c["epsilons"].index(eps)] for c in cert])
-        combined = _mean([s["robust_accuracy"][e] for s in atk])
-        per_attack = [_mean([s["per_attack_robust_accuracy"][a][e] for s in atk]) for a in attacks]
+    for e, eps in enumerate(attack[0].epsilons):
+        certified = _mean([s.certified_accuracy[e] for s in attack])
+        combined = _mean([s.robust_accuracy[e] for s in attack])
+        per_attack = [_mean([s.per_attack_robust_accuracy[a][e] for s in attack]) for a in names]
         rows.append([float(eps), certified, combined, *per_attack])
-    return ["eps", "certified", "combined", *attacks], rows
+    return ["eps", "certified", "combined", *names], rows
 
 
-def write_plot_csvs(profile: Profile, folder: Path) -> list[Path]:
+def write_plot_csvs(inputs: ReportInputs, folder: Path) -> list[Path]:
     """``<folder>/<dataset>/<model>.csv`` for ``dvc plots`` (x: eps; y: certified, combined, each attack)."""
     paths = []
-    for dataset in profile.datasets:
-        for model in profile.models:
-            columns, rows = plot_rows(profile, dataset, model)
+    for dataset in inputs.profile.datasets:
+        for model in inputs.profile.models:
+            columns, rows = plot_rows(inputs, dataset, model)
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow(columns)

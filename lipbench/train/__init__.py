@@ -3,7 +3,7 @@
 from lipbench.train.artifacts import ModelMetadata, build_from_metadata, load_weights, save_weights
 from lipbench.train.config import Recipe, TrainConfig, resolve_train_config
 from lipbench.train.loop import TrainingDivergedError, TrainResult, accuracy, train_model
-from lipbench.train.run import OUTPUT_FILES, config_from_profile, run_training
+from lipbench.train.run import config_from_profile, run_training
 
 __all__ = [
     "ModelMetadata",
@@ -17,7 +17,6 @@ __all__ = [
     "TrainResult",
     "accuracy",
     "train_model",
-    "OUTPUT_FILES",
     "config_from_profile",
     "run_training",
 ]

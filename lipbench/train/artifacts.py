@@ -22,12 +22,12 @@ from torch import nn
 from lipbench.io import atomic_path
 from lipbench.methods import get_method
 from lipbench.nn import export
+from lipbench.train.config import TrainConfig
 
 __all__ = [
     "WEIGHTS_FORMAT",
     "ModelMetadata",
     "save_weights",
-    "save_plain_weights",
     "load_weights",
     "build_from_metadata",
     "read_safetensors",
@@ -49,6 +49,20 @@ class ModelMetadata:
     num_classes: int
     method_params: dict[str, Any]
     conv_correction: str = "strict"
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> ModelMetadata:
+        """The metadata of a resolved training run."""
+        return cls(
+            config.dataset,
+            config.model,
+            config.method,
+            config.architecture,
+            config.input_shape,
+            config.num_classes,
+            config.method_params,
+            config.recipe.conv_correction,
+        )
 
     def to_strings(self) -> dict[str, str]:
         return {
@@ -116,14 +130,11 @@ def _write_weights(path: str | Path, groups: Mapping[str, nn.Module], metadata: 
         temporary.write_bytes(canonical_safetensors(save(tensors, metadata=metadata.to_strings())))
 
 
-def save_plain_weights(path: str | Path, plain: nn.Module, metadata: ModelMetadata) -> None:
-    """Write an already exported model's weights (``exported.*`` only) with lipbench metadata."""
-    _write_weights(path, {"exported": plain}, metadata)
-
-
-def save_weights(path: str | Path, model: nn.Module, metadata: ModelMetadata) -> None:
-    """Write exported and constrained weights atomically (temp file + rename)."""
-    _write_weights(path, {"exported": export(model), "constrained": model}, metadata)
+def save_weights(path: str | Path, plain: nn.Module, metadata: ModelMetadata, constrained: nn.Module | None = None) -> None:
+    """Write an exported model's weights (``exported.*``) and, when given, the constrained
+    model's (``constrained.*``, for fine-tuning) with lipbench metadata, atomically."""
+    groups = {"exported": plain} | ({"constrained": constrained} if constrained is not None else {})
+    _write_weights(path, groups, metadata)
 
 
 def _pickle_message(path: Path) -> str:

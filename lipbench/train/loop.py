@@ -13,8 +13,6 @@ recipe's ``precision`` (bf16 autocast) and ``compile`` (torch.compile) are appli
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import resource
 import time
@@ -29,11 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm import tqdm
 
 from lipbench.data import DatasetSplits
-from lipbench.environment import source_fingerprint
-from lipbench.evaluate.certify import predictions
-from lipbench.io import atomic_path
 from lipbench.methods import get_method
+from lipbench.nn.certificates import predictions
 from lipbench.progress import tqdm_disable
+from lipbench.train.checkpoint import data_fingerprint, load_checkpoint, run_fingerprint, save_checkpoint
 from lipbench.train.config import TrainConfig
 from lipbench.train.distributed import (
     SINGLE_PROCESS,
@@ -50,11 +47,8 @@ __all__ = [
     "train_model",
     "accuracy",
     "set_determinism",
-    "data_fingerprint",
-    "run_fingerprint",
 ]
 
-CHECKPOINT_FORMAT = 1
 _CHECK_EVERY = 50  # steps between host-side checks of the loss on GPUs
 
 
@@ -68,7 +62,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     train_accuracy: float
     test_accuracy: float
-    final_loss: float
+    final_loss: float | None  # None after zero epochs
     seconds_per_epoch: list[float]
     resumed_from_epoch: int | None
     peak_memory_mb: dict[str, float] = field(default_factory=dict)
@@ -89,11 +83,6 @@ def set_determinism(seed: int, device: torch.device, compiled: bool = False) -> 
     else:
         # torch.use_deterministic_algorithms minus the compiler's flag: nothing is compiled.
         torch._C._set_deterministic_algorithms(True, warn_only=warn_only)
-
-
-def data_fingerprint(splits: DatasetSplits) -> str:
-    """Hash of the prepared data's manifest (which records the prepared files' checksums)."""
-    return hashlib.sha256(json.dumps(dict(splits.manifest), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -200,45 +189,6 @@ def _learning_rate(config: TrainConfig, epoch: int) -> float:
     return recipe.learning_rate
 
 
-def run_fingerprint(config: TrainConfig, data_fingerprint: str) -> str:
-    """What must match for a checkpoint to be resumed: the config, the prepared data,
-    lipbench's source and torch's version. Anything else starts from scratch."""
-    parts = (config.fingerprint(), data_fingerprint, source_fingerprint(), torch.__version__)
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def _save_checkpoint(
-    path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list
-) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "fingerprint": fingerprint,
-        "epoch": epoch,
-        "history": history,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-    }
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
-
-
-def _load_checkpoint(path: Path | None, fingerprint: str, device: torch.device, talk: bool = True) -> dict[str, Any] | None:
-    """Our own checkpoint if it exists and belongs to this exact config (weights_only load)."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # a truncated or foreign file: start over rather than guess
-        if talk:
-            tqdm.write(f"lipbench train: ignoring unreadable checkpoint {path} ({error}); starting from scratch")
-        return None
-    if payload.get("format") != CHECKPOINT_FORMAT or payload.get("fingerprint") != fingerprint:
-        if talk:
-            tqdm.write(f"lipbench train: checkpoint {path} is from another configuration, code or data; starting from scratch")
-        return None
-    return payload
-
-
 def _raise_if_diverged(first_bad_step: Tensor, value: Tensor, label: str, epoch: int, checkpoint_path: Path | None) -> None:
     step = int(first_bad_step)
     if step < 0:
@@ -278,6 +228,122 @@ def train_model(
         return _train(config, splits, device, checkpoint_path, progress, context)
 
 
+@dataclass
+class _Run:
+    """The state of one training run between epochs."""
+
+    config: TrainConfig
+    method: Any
+    model: nn.Module
+    trained: nn.Module  # DDP wrapper when distributed, else ``model``
+    optimizer: torch.optim.Optimizer
+    step_loss: Any
+    parametrized: list[tuple[nn.Module, str]]
+    fingerprint: str
+    history: list[dict[str, Any]]
+    start_epoch: int
+    resumed: bool
+    label: str
+
+
+def _start(
+    config: TrainConfig, splits: DatasetSplits, device: torch.device, checkpoint_path: Path | None, context: DistributedContext
+) -> _Run:
+    """Build the model and optimiser, then resume from this config's checkpoint if there is one."""
+    recipe = config.recipe
+    method = get_method(config.method)
+    set_determinism(config.seed, device, compiled=recipe.compile)
+    model = method.build_model(config.input_shape, config.num_classes, config.architecture, recipe.conv_correction).to(device)
+    optimizer = _optimizer(config, model)
+    fingerprint = run_fingerprint(config, data_fingerprint(splits))
+    checkpoint = load_checkpoint(checkpoint_path, fingerprint, device, talk=context.is_main)
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        history = list(checkpoint["history"])
+    start_epoch = int(checkpoint["epoch"]) if checkpoint is not None else 0
+    context.agree(start_epoch, "the epoch to resume from")
+    parametrized = parametrized_weights(model)
+    if recipe.compile:
+        model.compile()  # in place: the state dict keeps its keys
+    return _Run(
+        config=config,
+        method=method,
+        model=model,
+        trained=context.wrap(model, device),  # DDP when distributed; ``model`` stays the plain module
+        optimizer=optimizer,
+        step_loss=make_step_loss(method, config.num_classes == 2, config.method_params, context),
+        parametrized=parametrized,
+        fingerprint=fingerprint,
+        history=history,
+        start_epoch=start_epoch,
+        resumed=checkpoint is not None,
+        label=f"{config.dataset}/{config.model}/seed{config.seed}",
+    )
+
+
+def _epoch(
+    run: _Run,
+    epoch: int,
+    splits: DatasetSplits,
+    device: torch.device,
+    checkpoint_path: Path | None,
+    progress: bool,
+    context: DistributedContext,
+) -> dict[str, Any]:
+    """Train one epoch; return its history row (loss, running accuracy, test accuracy, seconds)."""
+    started = time.perf_counter()
+    config, recipe, model = run.config, run.config.recipe, run.model
+    for group in run.optimizer.param_groups:
+        group["lr"] = _learning_rate(config, epoch)
+    run.trained.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    seen = 0
+    attack_generator = _attack_generator(config.seed, epoch, context)
+    steps = tqdm(
+        _batches(splits.train, recipe.batch_size, _generator(config.seed, epoch, stream=0), device, context),
+        total=math.ceil(len(splits.train) / recipe.batch_size),
+        desc=f"{run.label} epoch {epoch + 1}/{recipe.epochs}",
+        disable=tqdm_disable(progress and context.is_main),
+        leave=False,
+    )
+    for step, (x, y, global_size) in enumerate(steps):
+        with precision_context(recipe.precision, device, run.parametrized):
+            # The method's hooks (attacks) get the plain module: its parameters are every rank's.
+            inputs = run.method.training_inputs(
+                model, x, y, run.step_loss.function, config.method_params, splits.info.bounds, attack_generator
+            )
+            run.optimizer.zero_grad(set_to_none=True)
+            outputs = run.trained(inputs)
+            if recipe.precision != "fp32":
+                outputs = outputs.float()
+            loss, value = run.step_loss(outputs, y, global_size)
+        # Track the first non-finite step on the device; look at it every step on CPU and every
+        # _CHECK_EVERY steps on GPUs (a host sync per step would stall them). ``value`` is the
+        # all-reduced loss of the global batch: non-finite on every rank as soon as it is on
+        # one, so all ranks stop at the same step.
+        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(value), step, first_bad_step)
+        if device.type == "cpu" or step % _CHECK_EVERY == _CHECK_EVERY - 1:
+            _raise_if_diverged(first_bad_step, value, run.label, epoch, checkpoint_path)
+        loss.backward()
+        run.optimizer.step()
+        loss_sum += value * global_size
+        correct += (predictions(outputs.detach()) == y).sum()
+        seen += global_size
+    _raise_if_diverged(first_bad_step, loss_sum, run.label, epoch, checkpoint_path)
+    correct = context.reduce_sum(correct)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_accuracy_running": int(correct) / max(seen, 1),
+        "test_accuracy": accuracy(model, splits.test, recipe.eval_batch_size, device, context),
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def _train(
     config: TrainConfig,
     splits: DatasetSplits,
@@ -286,100 +352,32 @@ def _train(
     progress: bool,
     context: DistributedContext,
 ) -> TrainResult:
+    run = _start(config, splits, device, checkpoint_path, context)
     recipe = config.recipe
-    method = get_method(config.method)
-    set_determinism(config.seed, device, compiled=recipe.compile)
-    model = method.build_model(config.input_shape, config.num_classes, config.architecture, recipe.conv_correction)
-    model = model.to(device)
-    optimizer = _optimizer(config, model)
-    step_loss = make_step_loss(method, config.num_classes == 2, config.method_params, context)
-    bounds = splits.info.bounds
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    fingerprint = run_fingerprint(config, data_fingerprint(splits))
-    checkpoint = _load_checkpoint(checkpoint_path, fingerprint, device, talk=context.is_main)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        history = list(checkpoint["history"])
-        start_epoch = int(checkpoint["epoch"])
-    context.agree(start_epoch, "the epoch to resume from")
-    parametrized = parametrized_weights(model)
-    if recipe.compile:
-        model.compile()  # in place: the state dict keeps its keys
-    trained = context.wrap(model, device)  # DDP when distributed; ``model`` stays the plain module
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    label = f"{config.dataset}/{config.model}/seed{config.seed}"
     writes = checkpoint_path if context.is_main else None
-    for epoch in range(start_epoch, recipe.epochs):
-        started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(config, epoch)
-        trained.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        seen = 0
-        attack_generator = _attack_generator(config.seed, epoch, context)
-        steps = tqdm(
-            _batches(splits.train, recipe.batch_size, _generator(config.seed, epoch, stream=0), device, context),
-            total=math.ceil(len(splits.train) / recipe.batch_size),
-            desc=f"{label} epoch {epoch + 1}/{recipe.epochs}",
-            disable=tqdm_disable(progress and context.is_main),
-            leave=False,
-        )
-        for step, (x, y, global_size) in enumerate(steps):
-            with precision_context(recipe.precision, device, parametrized):
-                # The method's hooks (attacks) get the plain module: its parameters are every rank's.
-                inputs = method.training_inputs(model, x, y, step_loss.function, config.method_params, bounds, attack_generator)
-                optimizer.zero_grad(set_to_none=True)
-                outputs = trained(inputs)
-                if recipe.precision != "fp32":
-                    outputs = outputs.float()
-                loss, value = step_loss(outputs, y, global_size)
-            # Track the first non-finite step on the device; look at it every step on CPU
-            # and every _CHECK_EVERY steps on GPUs (a host sync per step would stall them).
-            # ``value`` is the all-reduced loss of the global batch: non-finite on every
-            # rank as soon as it is on one, so all ranks stop at the same step.
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(value), step, first_bad_step)
-            if device.type == "cpu" or step % _CHECK_EVERY == _CHECK_EVERY - 1:
-                _raise_if_diverged(first_bad_step, value, label, epoch, checkpoint_path)
-            loss.backward()
-            optimizer.step()
-            loss_sum += value * global_size
-            correct += (predictions(outputs.detach()) == y).sum()
-            seen += global_size
-        _raise_if_diverged(first_bad_step, loss_sum, label, epoch, checkpoint_path)
-        correct = context.reduce_sum(correct)
-        test_accuracy = accuracy(model, splits.test, recipe.eval_batch_size, device, context)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": float(loss_sum) / max(seen, 1),
-                "train_accuracy_running": int(correct) / max(seen, 1),
-                "test_accuracy": test_accuracy,
-                "seconds": time.perf_counter() - started,
-            }
-        )
+    for epoch in range(run.start_epoch, recipe.epochs):
+        run.history.append(_epoch(run, epoch, splits, device, checkpoint_path, progress, context))
+        row = run.history[-1]
         if progress and context.is_main:
-            tqdm.write(f"{label} epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, test accuracy {test_accuracy:.4f}")
+            tqdm.write(f"{run.label} epoch {epoch + 1}: loss {row['train_loss']:.4f}, test accuracy {row['test_accuracy']:.4f}")
         if writes is not None:
-            _save_checkpoint(writes, fingerprint, model, optimizer, epoch + 1, history)
+            save_checkpoint(writes, run.fingerprint, run.model, run.optimizer, epoch + 1, run.history)
+    model, history = run.model, run.history
     model.eval()
     # The last epoch's test accuracy is of these very weights (a resumed, finished run included).
-    if history:
-        test_accuracy = history[-1]["test_accuracy"]
-    else:  # zero epochs
-        test_accuracy = accuracy(model, splits.test, recipe.eval_batch_size, device, context)
+    test_accuracy = (
+        history[-1]["test_accuracy"] if history else accuracy(model, splits.test, recipe.eval_batch_size, device, context)
+    )
     return TrainResult(
         model=model,
         history=history,
         train_accuracy=accuracy(model, splits.train, recipe.eval_batch_size, device, context),
         test_accuracy=test_accuracy,
-        final_loss=history[-1]["train_loss"] if history else float("nan"),
+        final_loss=history[-1]["train_loss"] if history else None,
         seconds_per_epoch=[row["seconds"] for row in history],
-        resumed_from_epoch=start_epoch if checkpoint is not None else None,
+        resumed_from_epoch=run.start_epoch if run.resumed else None,
         peak_memory_mb=_peak_memory_mb(device),
         rank=context.rank,
         world_size=context.world_size,

@@ -1,8 +1,12 @@
 """One training stage run: resolve and validate, load data, train, write the outputs.
 
-Outputs: in ``out_dir`` (DVC-cached, git-ignored) ``weights.safetensors`` and
-``checkpoint.pt`` (resume state); in ``metrics_dir`` (small, git-tracked) ``metrics.json``
-(results + run record) and ``history.json`` (per-epoch rows for ``dvc plots``).
+Outputs (paths from :class:`lipbench.runs.Layout` unless given): in the model folder
+(DVC-cached, git-ignored) ``weights.safetensors`` and ``checkpoint.pt`` (resume state); in
+the train metrics folder (small, git-tracked) ``metrics.json`` (the
+:class:`~lipbench.summaries.TrainSummary`) and ``history.json`` (per-epoch rows for ``dvc
+plots``). Nothing is written for a model that cannot be exported (non-finite weights):
+the run fails with :class:`~lipbench.train.loop.TrainingDivergedError` and its last epoch
+checkpoint is kept.
 
 Under ``torchrun`` every rank trains and rank 0 alone writes these files (see
 :mod:`lipbench.train.distributed`).
@@ -12,98 +16,112 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+
+from torch import nn
 
 from lipbench.data import get_dataset, load_dataset
 from lipbench.devices import resolve_device
 from lipbench.environment import environment_record
 from lipbench.io import write_json_atomic
 from lipbench.methods import get_method
+from lipbench.nn import export
 from lipbench.profiles import Profile
+from lipbench.runs import Layout, RunKey
+from lipbench.summaries import Reference, TrainSummary, TrainTiming, write_summary
 from lipbench.train.artifacts import ModelMetadata, save_weights
 from lipbench.train.config import TrainConfig, resolve_train_config
-from lipbench.train.loop import train_model
+from lipbench.train.loop import TrainingDivergedError, TrainResult, train_model
 
-__all__ = ["config_from_profile", "run_training", "OUTPUT_FILES"]
-
-OUTPUT_FILES = {
-    "weights": "weights.safetensors",
-    "metrics": "metrics.json",
-    "history": "history.json",
-    "checkpoint": "checkpoint.pt",
-}
+__all__ = ["config_from_profile", "run_training"]
 
 
-def config_from_profile(profile: Profile, dataset: str, model: str, seed: int) -> TrainConfig:
+def config_from_profile(profile: Profile, key: RunKey) -> TrainConfig:
     """Validate the run against the profile (names, method parameters, recipe)."""
-    profile.check_member("dataset", dataset)
-    profile.check_member("method", model)
-    profile.check_member("seed", seed)
-    info = get_dataset(dataset).info
+    profile.check_member("dataset", key.dataset)
+    profile.check_member("model", key.model)
+    profile.check_member("seed", key.seed)
+    info = get_dataset(key.dataset).info
     return resolve_train_config(
-        dataset, model, profile.model_params(dataset, model), profile.recipe(dataset), seed, info.input_shape, info.num_classes
+        key.dataset,
+        key.model,
+        profile.model_params(key.dataset, key.model),
+        profile.recipe(key.dataset),
+        key.seed,
+        info.input_shape,
+        info.num_classes,
+    )
+
+
+def _exported(result: TrainResult, key: RunKey, checkpoint: Path) -> nn.Module:
+    """The plain model to write, or TrainingDivergedError: a model that cannot be exported is never recorded."""
+    try:
+        return export(result.model)
+    except ValueError as error:
+        raise TrainingDivergedError(
+            f"{key.label}: the trained weights cannot be exported ({error}); nothing was recorded, the last epoch "
+            f"checkpoint is kept at {checkpoint}. Lower train.{key.dataset}.recipe.learning_rate."
+        ) from None
+
+
+def _summary(key: RunKey, config: TrainConfig, result: TrainResult, splits, device, started: float) -> TrainSummary:
+    method = get_method(config.method)
+    return TrainSummary(
+        dataset=key.dataset,
+        model=key.model,
+        seed=key.seed,
+        method=config.method,
+        paper_name=method.paper_name,
+        kit=method.kit,
+        constrained=method.constrained,
+        architecture=config.architecture,
+        reference=Reference(**method.reference),
+        method_params=config.method_params,
+        recipe=config.as_dict()["recipe"],
+        epochs=config.recipe.epochs,
+        train_accuracy=result.train_accuracy,
+        test_accuracy=result.test_accuracy,
+        final_loss=result.final_loss,
+        parameter_count=sum(p.numel() for p in result.model.parameters()),
+        train_examples=len(splits.train),
+        test_examples=len(splits.test),
+        timing=TrainTiming(
+            seconds_per_epoch=result.seconds_per_epoch,
+            train_seconds=sum(result.seconds_per_epoch),
+            wall_seconds=time.perf_counter() - started,
+            resumed_from_epoch=result.resumed_from_epoch,
+        ),
+        peak_memory_mb=result.peak_memory_mb,
+        environment=environment_record(device, key.seed)
+        | {"distributed": {"world_size": result.world_size, "backend": result.backend}},
     )
 
 
 def run_training(
     profile: Profile,
-    dataset: str,
-    model: str,
-    seed: int,
-    out_dir: Path,
-    metrics_dir: Path,
+    key: RunKey,
+    out_dir: Path | None = None,
+    metrics_dir: Path | None = None,
     device_name: str | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Train and write the outputs; returns the metrics written to ``metrics.json``.
-
-    Distributed (torchrun): every rank returns the metrics, rank 0 alone writes."""
+) -> TrainSummary:
+    """Train ``key`` and write its outputs (default folders: the profile's layout); returns
+    the summary written to ``metrics.json``. Distributed (torchrun): every rank returns it,
+    rank 0 alone writes."""
     started = time.perf_counter()
-    config = config_from_profile(profile, dataset, model, seed)
+    layout = Layout.of(profile)
+    out_dir = Path(out_dir) if out_dir is not None else layout.model_dir(key)
+    metrics_dir = Path(metrics_dir) if metrics_dir is not None else layout.train_metrics_dir(key)
+    config = config_from_profile(profile, key)
     device = resolve_device(device_name or profile.device())
-    splits = load_dataset(dataset, profile.path_of("data"), profile.prepare_params(dataset))
-    result = train_model(config, splits, device, out_dir / OUTPUT_FILES["checkpoint"], progress)
-    method = get_method(config.method)
-    metadata = ModelMetadata(
-        dataset=dataset,
-        model=model,
-        method=config.method,
-        architecture=config.architecture,
-        input_shape=config.input_shape,
-        num_classes=config.num_classes,
-        method_params=config.method_params,
-        conv_correction=config.recipe.conv_correction,
-    )
-    history = [{key: value for key, value in row.items() if key != "seconds"} for row in result.history]
-    metrics = {
-        "dataset": dataset,
-        "model": model,
-        "method": config.method,
-        "paper_name": method.paper_name,
-        "constrained": method.constrained,
-        "architecture": config.architecture,
-        "method_params": config.method_params,
-        "recipe": config.as_dict()["recipe"],
-        "seed": seed,
-        "epochs": config.recipe.epochs,
-        "train_accuracy": result.train_accuracy,
-        "test_accuracy": result.test_accuracy,
-        "final_loss": result.final_loss,
-        "parameter_count": sum(p.numel() for p in result.model.parameters()),
-        "train_examples": len(splits.train),
-        "test_examples": len(splits.test),
-        "timing": {
-            "seconds_per_epoch": result.seconds_per_epoch,
-            "train_seconds": sum(result.seconds_per_epoch),
-            "wall_seconds": time.perf_counter() - started,
-            "resumed_from_epoch": result.resumed_from_epoch,
-        },
-        "peak_memory_mb": result.peak_memory_mb,
-        "environment": environment_record(device, seed)
-        | {"distributed": {"world_size": result.world_size, "backend": result.backend}},
-    }
+    splits = load_dataset(key.dataset, profile.path_of("data"), profile.prepare_params(key.dataset))
+    checkpoint = out_dir / "checkpoint.pt"
+    result = train_model(config, splits, device, checkpoint, progress)
+    plain = _exported(result, key, checkpoint)
+    summary = _summary(key, config, result, splits, device, started)
     if result.rank == 0:
-        save_weights(out_dir / OUTPUT_FILES["weights"], result.model, metadata)
-        write_json_atomic(metrics_dir / OUTPUT_FILES["history"], history)
-        write_json_atomic(metrics_dir / OUTPUT_FILES["metrics"], metrics)
-    return metrics
+        metadata = ModelMetadata.of(config)
+        save_weights(out_dir / "weights.safetensors", plain, metadata, constrained=result.model)
+        history = [{name: value for name, value in row.items() if name != "seconds"} for row in result.history]
+        write_json_atomic(metrics_dir / "history.json", history)
+        write_summary(metrics_dir / "metrics.json", summary)
+    return summary

@@ -29,24 +29,26 @@ from pathlib import Path
 
 from lipbench.profiles import load_profile
 from lipbench.report import images, plotting
+from lipbench.report.inputs import read_inputs
 
 profile = load_profile(os.environ.get("LIPBENCH_PARAMS", "params.yaml"))
+inputs = read_inputs(profile, check=False)  # the report stage checked them
 figures = Path(os.environ.get("LIPBENCH_REPORT_OUT", profile.path_of("reports"))) / "figures"
 plotting.apply_style()
-image_datasets = [d for d in profile.datasets if images.is_image_dataset(profile, d)]
+image_datasets = [d for d in profile.datasets if inputs.is_image_dataset(d)]
 for dataset in profile.datasets:
     if dataset not in image_datasets:
         print(f"Skipped {dataset}: its inputs are not images, so it gets no image grids.")
 
 # %%
 for dataset in image_datasets:
-    rows, bounds = images.adversarial_rows(profile, dataset)
+    rows, bounds = images.adversarial_rows(inputs, dataset)
     fig = images.image_grid_figure(f"{dataset}: minimal adversarial examples and the hKR transport", rows, bounds)
     plotting.show(plotting.save_figure(fig, figures, f"adversarial_{dataset}"))
 
 # %%
 for dataset in image_datasets:
-    rows, bounds = images.saliency_rows(profile, dataset)
+    rows, bounds = images.saliency_rows(inputs, dataset)
     if len(rows) < 2:
         print(f"Skipped saliency maps of {dataset}: no hKR and no unconstrained model in the profile.")
         continue

@@ -26,8 +26,10 @@ from IPython.display import Markdown, display
 
 from lipbench.profiles import load_profile
 from lipbench.report import plotting, tables
+from lipbench.report.inputs import read_inputs
 
 profile = load_profile(os.environ.get("LIPBENCH_PARAMS", "params.yaml"))
+inputs = read_inputs(profile, check=False)  # the report stage checked them
 figures = Path(os.environ.get("LIPBENCH_REPORT_OUT", profile.path_of("reports"))) / "figures"
 plotting.apply_style()
 colors = plotting.palette(profile.models)
@@ -35,9 +37,9 @@ print(f"profile {profile.name}: datasets {', '.join(profile.datasets)}; models {
 
 # %%
 for dataset in profile.datasets:
-    curves = plotting.robustness_curves(profile, dataset)
+    curves = plotting.robustness_curves(inputs, dataset)
     fig = plotting.robustness_figure(f"{dataset}: accuracy vs L2 perturbation, per model", curves)
     plotting.show(plotting.save_figure(fig, figures, f"robustness_{dataset}"))
     fig = plotting.deepfool_figure(f"{dataset}: DeepFool and certified accuracy", curves, colors)
     plotting.show(plotting.save_figure(fig, figures, f"deepfool_{dataset}"))
-    display(Markdown(tables.robustness_table(profile, dataset).markdown()))
+    display(Markdown(tables.robustness_table(inputs, dataset).markdown()))

@@ -26,9 +26,12 @@ import numpy as np
 
 from lipbench.profiles import load_profile
 from lipbench.report import plotting
-from lipbench.report.inputs import ModelKey, display_name, load_arrays, load_test_inputs, read_train
+from lipbench.report.inputs import load_test_inputs, read_inputs
+from lipbench.report.labels import display_name
+from lipbench.runs import RunKey
 
 profile = load_profile(os.environ.get("LIPBENCH_PARAMS", "params.yaml"))
+inputs = read_inputs(profile, check=False)  # the report stage checked them
 figures = Path(os.environ.get("LIPBENCH_REPORT_OUT", profile.path_of("reports"))) / "figures"
 plotting.apply_style()
 seed = profile.seeds[0]
@@ -40,18 +43,19 @@ if not models:
 # %%
 panels, histograms = [], []
 for model in models:
-    key = ModelKey("moons", model, seed)
-    train, cert = read_train(profile, key), load_arrays(profile, "certify", key)
-    points, _, _ = load_test_inputs(profile, "moons", len(cert["labels"]))
-    settings = ", ".join(f"{k}={v:g}" for k, v in train.get("method_params", {}).items())
+    key = RunKey("moons", model, seed)
+    train, cert = inputs.train[key], inputs.certify_arrays(key)
+    points, _, _ = load_test_inputs(profile, "moons", len(cert.labels))
+    settings = ", ".join(f"{k}={v:g}" for k, v in train.method_params.items())
     title = f"{display_name(train)}" + (f" ({settings})" if settings else "")
-    title += f"\ntest accuracy {train['test_accuracy']:.3f}"
-    panels.append(plotting.LevelSetPanel(title, cert["grid_x"], cert["grid_y"], cert["grid_values"][..., 0],
-                                         points, cert["labels"]))
-    histograms.append((display_name(train), cert["logits"][:, 0], cert["labels"]))
-    f = cert["logits"][:, 0]
-    print(f"{model}: f on the test points in [{f.min():.3f}, {f.max():.3f}], "
-          f"accuracy {np.mean((f > 0) == (cert['labels'] == 1)):.3f}, mean |f| {np.abs(f).mean():.3f}")
+    title += f"\ntest accuracy {train.test_accuracy:.3f}"
+    panels.append(plotting.LevelSetPanel(title, cert.grid_x, cert.grid_y, cert.grid_values[..., 0], points, cert.labels))
+    histograms.append((display_name(train), cert.logits[:, 0], cert.labels))
+    f = cert.logits[:, 0]
+    print(
+        f"{model}: f on the test points in [{f.min():.3f}, {f.max():.3f}], "
+        f"accuracy {np.mean(cert.predictions == cert.labels):.3f}, mean |f| {np.abs(f).mean():.3f}"
+    )
 
 # %%
 if panels:

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import lipbench.nn as lnn
-from lipbench.evaluate.certify import certified_accuracy, certified_radius, predictions
 from lipbench.losses import hkr_multiclass_loss
+from lipbench.nn.certificates import certified_accuracy, certified_radius, predictions
 
 
 def test_binary_radius_is_abs_score_over_lipschitz():

@@ -15,12 +15,14 @@ from safetensors.torch import load_file, save_file
 
 from lipbench.cli.main import main
 from lipbench.data import load_dataset, prepare_dataset, take_tensors
-from lipbench.evaluate import run as stages
+from lipbench.evaluate import model_stages as stages
 from lipbench.evaluate.attacks import run_attack_suite
 from lipbench.evaluate.run import VerificationFailed, run_stage
 from lipbench.evaluate.settings import evaluation_settings
 from lipbench.profiles import ProfileError, load_profile
 from lipbench.registry import RegistryError
+from lipbench.runs import Layout, RunKey
+from lipbench.summaries import AttackSummary, VerifySummary
 from lipbench.train import load_weights, run_training
 
 FAST_ATTACKS = {
@@ -45,7 +47,7 @@ def write_params(folder: Path, **evaluate_overrides) -> Path:
         "params_file": "params.yaml",
         "paths": {key: str(folder / key) for key in ("data", "models", "evaluation", "metrics", "reports")},
         "datasets": ["digits"],
-        "methods": ["hkr", "standard"],
+        "models": ["hkr", "standard"],
         "seeds": [0],
         "prepare": {"mirror": "", "digits": {"seed": 0, "test_fraction": 0.25}},
         "train": {
@@ -76,32 +78,36 @@ def trained(tmp_path_factory) -> Path:
     params = write_params(folder)
     profile = load_profile(params)
     prepare_dataset("digits", profile.path_of("data"), profile.prepare_params("digits"))
-    for method in profile.models:
-        out = profile.path_of("models") / "digits" / method / "seed0"
-        run_training(
-            profile, "digits", method, 0, out, profile.path_of("metrics") / "train" / "digits" / method / "seed0", progress=False
-        )
+    for model in profile.models:
+        run_training(profile, RunKey("digits", model, 0), progress=False)
     return params
 
 
 def test_stages_run_certify_attack_verify_and_reuse_unchanged_models(trained):
     profile = load_profile(trained)
+    keys = [RunKey("digits", "hkr", 0), RunKey("digits", "standard", 0)]
     for stage in ("certify", "attack", "verify"):
         metrics = run_stage(profile, stage, "digits", progress=False)
-        assert sorted(metrics["models"]) == ["hkr", "standard"]
-        assert set(metrics["recomputed"]) == {"digits/hkr/seed0", "digits/standard/seed0"}
-    verify = json.loads((profile.path_of("metrics") / "verify" / "digits.json").read_text())
+        assert list(metrics.summaries) == keys
+        assert set(metrics.recomputed) == {"digits/hkr/seed0", "digits/standard/seed0"}
+    layout = Layout.of(profile)
+    verify = json.loads(layout.stage_metrics("verify", "digits").read_text())
     assert {s["seed0"]["status"] for s in verify["models"].values()} == {"verified"}
-    attack = json.loads((profile.path_of("metrics") / "attack" / "digits.json").read_text())
-    summary = attack["models"]["hkr"]["seed0"]
-    assert len(summary["pruned_call_ratio"]) == 2 and summary["calls_saved"] > 0
-    assert summary["deepfool_curve"]["points"] == 60
-    assert set(summary["per_attack_robust_accuracy"]) == {"fgm", "pgd_l2", "cw_l2", "deepfool_l2", "autoattack_l2"}
+    attack = json.loads(layout.stage_metrics("attack", "digits").read_text())
+    summary = AttackSummary.from_json(attack["models"]["hkr"]["seed0"])
+    assert len(summary.pruned_call_ratio) == 2 and summary.calls_saved > 0
+    assert summary.deepfool_curve.points == 60 and summary.headline_eps == 0.3  # the middle eps by default
+    assert set(summary.per_attack_robust_accuracy) == {"fgm", "pgd_l2", "cw_l2", "deepfool_l2", "autoattack_l2"}
     assert attack["models"]["standard"]["seed0"]["clean_accuracy"] > 0.5
+    # the gate checks the two minimal attacks, DeepFool on its longer curve: no other "attack"
+    checks = VerifySummary.from_json(verify["models"]["hkr"]["seed0"]).minimal_attack_checks
+    correct = np.load(layout.stage_arrays("certify", keys[0]))["correct"]
+    assert set(checks) == {"cw_l2", "deepfool_l2"}
+    assert checks["deepfool_l2"]["points"] == int(correct[:60].sum()) and checks["cw_l2"]["points"] == int(correct[:40].sum())
     for stage in ("certify", "attack", "verify"):
         again = run_stage(profile, stage, "digits", progress=False)
-        assert again["recomputed"] == [], stage
-        assert all(again["models"][method]["seed0"]["reused"] for method in ("hkr", "standard")), stage
+        assert again.recomputed == [], stage
+        assert all(summary.reused for summary in again.summaries.values()), stage
 
 
 def test_the_gate_fails_when_weights_are_scaled_after_certification(trained, tmp_path):
@@ -129,10 +135,13 @@ def test_the_gate_fails_when_weights_are_scaled_after_certification(trained, tmp
         assert main(["verify", "--params", str(trained), "--dataset", "digits", "--no-progress"]) == 1
     finally:
         weights.write_bytes(original)
-    assert run_stage(profile, "verify", "digits", progress=False)["models"]["hkr"]["seed0"]["status"] == "verified"
+    assert run_stage(profile, "verify", "digits", progress=False).summary(RunKey("digits", "hkr", 0)).verified
 
 
-def test_pruned_and_unpruned_attacks_give_identical_results_on_a_trained_digits_model(trained):
+def test_pruning_only_skips_what_is_decided_on_a_trained_digits_model(trained):
+    """Certificate pruning changes nothing; eps-monotone pruning keeps what a smaller eps
+    broke (pruned success = unpruned success or broken at a smaller eps, on the points
+    certificates leave undecided), and the minimal attacks are identical."""
     profile = load_profile(trained)
     model, _ = load_weights(profile.path_of("models") / "digits" / "hkr" / "seed0" / "weights.safetensors")
     splits = load_dataset("digits", profile.path_of("data"), profile.prepare_params("digits"))
@@ -146,11 +155,17 @@ def test_pruned_and_unpruned_attacks_give_identical_results_on_a_trained_digits_
         prune: run_attack_suite(model, x, y, [0.05, 0.1, 0.3], attacks, radius, options=options, prune=prune, progress=False)
         for prune in (True, False)
     }
-    np.testing.assert_array_equal(results[True].robust, results[False].robust)
-    for name in attacks:
-        np.testing.assert_array_equal(results[True].success[name], results[False].success[name])
-    assert sum(results[True].calls.values()) < sum(results[False].calls.values())
-    assert results[False].certificate_violations.sum() == 0
+    pruned, unpruned = results[True], results[False]
+    for name in ("deepfool_l2", "cw_l2"):
+        np.testing.assert_array_equal(pruned.success[name], unpruned.success[name])
+    for name in ("fgm", "pgd_l2"):
+        undecided = pruned.clean_correct[None, :] & ~pruned.certified
+        carried = np.logical_or.accumulate(pruned.success[name], axis=0)
+        expected = undecided & (unpruned.success[name] | np.vstack([np.zeros_like(carried[:1]), carried[:-1]]))
+        np.testing.assert_array_equal(pruned.success[name], expected)
+    assert not (pruned.robust & ~unpruned.robust).any()  # pruning never makes a point robust
+    assert sum(pruned.calls.values()) < sum(unpruned.calls.values())
+    assert unpruned.certificate_violations.sum() == 0
 
 
 @pytest.fixture
@@ -191,7 +206,7 @@ def test_unknown_attacks_and_negative_eps_are_refused_before_any_attack(trained,
         profile = load_profile(on_trained_models(trained, tmp_path / name, **overrides))
         with pytest.raises(error, match=message):
             run_stage(profile, "attack", "digits", progress=False)
-        assert not (profile.path_of("metrics") / "attack" / "digits.json").exists()
+        assert not Layout.of(profile).stage_metrics("attack", "digits").exists()
 
 
 def test_a_weights_file_of_another_architecture_is_refused_before_any_attack(trained, no_attacks):
@@ -219,6 +234,7 @@ def test_a_stage_refuses_to_run_before_its_upstream_stage(tmp_path, trained):
 
 def test_an_external_plain_checkpoint_is_evaluated_and_added_to_the_leaderboard(trained, tmp_path):
     from lipbench.evaluate.external import evaluate_external
+    from lipbench.report.inputs import read_inputs
     from lipbench.report.leaderboard import collect_entries
 
     profile = load_profile(trained)
@@ -229,7 +245,7 @@ def test_an_external_plain_checkpoint_is_evaluated_and_added_to_the_leaderboard(
     entry = evaluate_external(profile, "digits", "hkr", tmp_path / "mine.safetensors", "mine", progress=False)
     assert entry["external"] and entry["name"] == "hKR_α^m (mine)"
     assert entry["verification"]["status"] == "verified" and entry["train_seconds"] is None
-    names = {e["model"] for e in collect_entries(profile)}
+    names = {e["model"] for e in collect_entries(read_inputs(profile))}
     assert names == {"hkr", "standard", "mine"}
 
 

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from lipbench.report.leaderboard import LeaderboardEntryError, _html, _markdown, rank, validate_entry
+from lipbench.entries import LeaderboardEntryError, validate_entry
+from lipbench.report.leaderboard import _html, _markdown, rank
 
 
 def entry(name: str, certified: float, autoattack: float, status: str = "verified", dataset: str = "digits") -> dict:
@@ -22,6 +23,7 @@ def entry(name: str, certified: float, autoattack: float, status: str = "verifie
         "threat_model": "L2",
         "eps": 0.25,
         "clean_acc": 0.97,
+        "test_acc": 0.975,
         "autoattack_acc": autoattack,
         "additional_data": False,
         "footnote": "" if status == "verified" else "FAILED verification",
@@ -31,8 +33,10 @@ def entry(name: str, certified: float, autoattack: float, status: str = "verifie
         "profile": "quick",
         "constrained": True,
         "certified_acc": curve,
+        "certified_acc_certify_points": curve,
         "robust_acc": curve,
         "per_attack_robust_acc": {"autoattack_l2": curve},
+        "points": {"attacked": 200, "certified": 450, "test": 450},
         "lipschitz": {"upper_whole_map": 1.2, "upper_max_per_logit": 1.0, "lower_whole_map": 1.1, "lower_max_per_logit": 0.9},
         "verification": {"status": status, "failures": [] if status == "verified" else ["lower bound 2 > upper 1"]},
         "train_seconds": 1.5,
@@ -57,6 +61,7 @@ def test_a_valid_entry_passes():
         (lambda e: e.update(threat_model="Linf"), "threat_model"),
         (lambda e: e.update(extra_field=1), "the entry"),
         (lambda e: e.update(parameter_count=3.5), "parameter_count"),
+        (lambda e: e["points"].pop("attacked"), "points"),
     ],
 )
 def test_invalid_entries_are_rejected_naming_the_field(change, field):

@@ -15,6 +15,7 @@ import yaml
 from lipbench.data import get_dataset
 from lipbench.evaluate.settings import evaluation_settings
 from lipbench.profiles import load_profile
+from lipbench.runs import RunKey
 from lipbench.train import config_from_profile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +45,9 @@ def test_every_run_of_every_profile_resolves(profile):
         get_dataset(dataset)
         settings = evaluation_settings(loaded, dataset)
         assert settings.headline_eps in settings.epsilons and settings.attacks
-        for method in loaded.models:
+        for model in loaded.models:
             for seed in loaded.seeds:
-                config = config_from_profile(loaded, dataset, method, seed)
+                config = config_from_profile(loaded, RunKey(dataset, model, seed))
                 assert config.recipe.epochs > 0
 
 
@@ -75,7 +76,7 @@ def _outputs(root: Path) -> dict[str, tuple[str, int]]:
 def test_dvc_repro_runs_a_tiny_profile_in_a_copy_of_the_repository(tmp_path):
     _copy_repository(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["methods"] = ["hkr", "standard"]
+    params["models"] = ["hkr", "standard"]
     params["datasets"] = ["moons"]
     params["prepare"]["moons"]["n_samples"] = 300
     params["train"]["moons"]["recipe"]["epochs"] = 2

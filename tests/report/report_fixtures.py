@@ -1,18 +1,35 @@
 """Small synthetic pipeline outputs in the exact formats of the train, certify, attack and
-verify stages, for a two-dataset (moons, digits), three-model (standard, hkr, kr) profile."""
+verify stages (written through lipbench's own schema classes), for a two-dataset (moons,
+digits), three-model (standard, hkr, kr) profile. The numbers are random but consistent:
+every summary is computed from its per-point arrays, so certified <= robust <= clean holds
+on the attack points, as in a real run."""
 
 from __future__ import annotations
 
-import json
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
 
+from lipbench.arrays import AttackArrays, CertifyArrays
+from lipbench.curves import certified_accuracy_curve
 from lipbench.data import load_dataset, take_tensors
+from lipbench.io import write_json_atomic
 from lipbench.methods import get_method
+from lipbench.runs import Layout, RunKey
+from lipbench.summaries import (
+    AttackSummary,
+    CertifySummary,
+    LowerBoundRecord,
+    Reference,
+    StageMetrics,
+    TrainSummary,
+    TrainTiming,
+    UpperBoundRecord,
+    VerifySummary,
+    write_summary,
+)
 
 ATTACKS = ["fgm", "pgd_l2", "cw_l2", "deepfool_l2", "autoattack_l2"]
 EPS_ATTACKS = ["fgm", "pgd_l2", "autoattack_l2"]
@@ -61,7 +78,7 @@ def write_params(root: Path, data_dir: Path, models: list[str] = MODELS) -> Path
             "reports": str(root / "reports" / "fixture"),
         },
         "datasets": list(PREPARE),
-        "methods": models,
+        "models": models,
         "seeds": [0],
         "prepare": {"mirror": "", **PREPARE},
         "train": {"device": "cpu", **train},
@@ -72,160 +89,177 @@ def write_params(root: Path, data_dir: Path, models: list[str] = MODELS) -> Path
     return path
 
 
-def _dump(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-
-
-def _curve(rng: np.random.Generator, start: float, count: int) -> list[float]:
-    return sorted((start * rng.uniform(0.3, 1.0, count)).round(3).tolist(), reverse=True)
-
-
-def write_model(root: Path, data_dir: Path, dataset: str, model: str, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Write one model's train metrics and arrays; return its certify/attack/verify summaries."""
-    rng = np.random.default_rng(zlib.crc32(f"{dataset}/{model}/{seed}".encode()))
-    method = get_method(model)
-    x, y = (t.numpy() for t in take_tensors(load_dataset(dataset, data_dir, PREPARE[dataset]).test, CERTIFY_POINTS))
-    shape, binary = x.shape[1:], dataset == "moons"
-    eps = EPSILONS[dataset]
-    folder = root / "reports" / "fixture" / "metrics" / "train" / dataset / model / f"seed{seed}"
-    _dump(
-        folder / "metrics.json",
-        {
-            "dataset": dataset,
-            "model": model,
-            "method": model,
-            "paper_name": method.paper_name,
-            "constrained": method.constrained,
-            "architecture": f"{dataset}_dense",
-            "method_params": {},
-            "seed": seed,
-            "epochs": 3,
-            "train_accuracy": 0.95,
-            "test_accuracy": float(rng.uniform(0.8, 1.0)),
-            "parameter_count": 1234,
-            "train_examples": 300,
-            "test_examples": len(y),
-            "peak_memory_mb": {"process_rss": 600.0},
-            "timing": {"seconds_per_epoch": [0.1, 0.12, 0.11], "train_seconds": 0.33, "wall_seconds": 1.0},
-            "environment": ENVIRONMENT,
-        },
+def _train_summary(key: RunKey, rng: np.random.Generator, test_examples: int) -> TrainSummary:
+    method = get_method(key.model)
+    return TrainSummary(
+        dataset=key.dataset,
+        model=key.model,
+        seed=key.seed,
+        method=key.model,
+        paper_name=method.paper_name,
+        kit=method.kit,
+        constrained=method.constrained,
+        architecture=f"{key.dataset}_dense",
+        reference=Reference(**method.reference),
+        method_params={},
+        recipe={"epochs": 3},
+        epochs=3,
+        train_accuracy=0.95,
+        test_accuracy=float(rng.uniform(0.8, 1.0)),
+        final_loss=0.3,
+        parameter_count=1234,
+        train_examples=300,
+        test_examples=test_examples,
+        timing=TrainTiming([0.1, 0.12, 0.11], 0.33, 1.0),
+        peak_memory_mb={"process_rss": 600.0},
+        environment=ENVIRONMENT,
     )
-    _dump(folder / "history.json", [{"epoch": e, "train_loss": 1.0 / e, "test_accuracy": 0.8} for e in (1, 2, 3)])
 
+
+def _certify(key: RunKey, rng: np.random.Generator, x: np.ndarray, y: np.ndarray, upper: UpperBoundRecord):
+    binary, eps = key.dataset == "moons", EPSILONS[key.dataset]
     logits = rng.normal(size=(len(y), 1 if binary else 10)).astype(np.float32)
     radius, correct = np.abs(rng.normal(0.3, 0.2, len(y))), rng.random(len(y)) < 0.85
-    certify = {
-        "radius": radius,
-        "correct": correct,
-        "labels": y,
-        "logits": logits,
-        "epsilons": np.array(eps),
-        "gradients": rng.normal(size=(16, *shape)).astype(np.float32),
-        "whole_map_lipschitz": np.float64(1.0),
-        "per_logit_lipschitz": np.ones(logits.shape[1]),
-    }
+    arrays = CertifyArrays(
+        radius=radius,
+        correct=correct,
+        labels=y,
+        predictions=np.where(correct, y, (y + 1) % (2 if binary else 10)),
+        logits=logits,
+        gradients=rng.normal(size=(16, *x.shape[1:])).astype(np.float32),
+        epsilons=np.array(eps),
+        whole_map_lipschitz=np.float64(upper.whole_map),
+        per_logit_lipschitz=np.ones(logits.shape[1]),
+    )
     if binary:
         gx, gy = np.linspace(-1.5, 2.5, 20, dtype=np.float32), np.linspace(-1.0, 1.5, 15, dtype=np.float32)
-        certify.update(grid_x=gx, grid_y=gy, grid_values=(gx[None, :] - gy[:, None])[..., None].astype(np.float32))
-    arrays = root / "evaluation"
-    (arrays / "certify" / dataset / model / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-    np.savez(arrays / "certify" / dataset / model / f"seed{seed}" / "certify.npz", **certify)
+        arrays.grid_x, arrays.grid_y, arrays.grid_values = gx, gy, (gx[None, :] - gy[:, None])[..., None].astype(np.float32)
+    summary = CertifySummary(
+        dataset=key.dataset,
+        model=key.model,
+        seed=key.seed,
+        fingerprint="f" * 16,
+        points=len(y),
+        clean_accuracy=float(correct.mean()),
+        epsilons=eps,
+        certified_accuracy=certified_accuracy_curve(radius, correct, eps).tolist(),
+        median_certified_radius_correct=float(np.median(radius[correct])),
+        lipschitz_upper_bound=upper,
+        parameter_count=1234,
+        seconds=0.02,
+        environment=ENVIRONMENT,
+    )
+    return arrays, summary
 
-    n = ATTACK_POINTS
-    attack = {
-        "epsilons": np.array(eps),
-        "robust": rng.random((len(eps), n)) < 0.6,
-        "clean_correct": correct[:n],
-        "example_indices": np.arange(16),
-    }
+
+def _attack(key: RunKey, rng: np.random.Generator, x: np.ndarray, certify: CertifyArrays):
+    """Random successes that never touch a certified point (a sound certificate)."""
+    eps, n = EPSILONS[key.dataset], ATTACK_POINTS
+    correct = certify.correct[:n]
+    certified = correct[None, :] & (certify.radius[None, :n] > np.array(eps)[:, None])
+    success, examples, min_norms = {}, {}, {}
     for name in ATTACKS:
-        attack[f"success_{name}"] = rng.random((len(eps), n)) < 0.3
         if name in EPS_ATTACKS:
-            attack[f"examples_{name}"] = (x[None, :16] + 0.05 * rng.normal(size=(len(eps), 16, *shape))).astype(np.float32)
+            success[name] = np.logical_or.accumulate(rng.random((len(eps), n)) < 0.3, axis=0) & correct & ~certified
+            examples[name] = (x[None, :16] + 0.05 * rng.normal(size=(len(eps), 16, *x.shape[1:]))).astype(np.float32)
         else:
-            examples = (x[:16] + 0.1 * rng.normal(size=(16, *shape))).astype(np.float32)
-            examples[~correct[:16]] = np.nan
-            attack[f"examples_{name}"] = examples
-            attack[f"min_norm_{name}"] = np.where(correct[:n], np.abs(rng.normal(0.4, 0.2, n)), 0.0)
-    attack["min_norm_deepfool_l2"][-1] = np.inf
-    attack["min_norm_deepfool_l2_curve"] = np.where(correct[:DEEPFOOL_POINTS], np.abs(rng.normal(0.4, 0.2, DEEPFOOL_POINTS)), 0)
-    (arrays / "attack" / dataset / model / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-    np.savez(arrays / "attack" / dataset / model / f"seed{seed}" / "attack.npz", **attack)
+            norms = np.where(correct, certify.radius[:n] + np.abs(rng.normal(0.1, 0.2, n)), 0.0)
+            min_norms[name] = norms
+            success[name] = correct & (norms[None, :] <= np.array(eps)[:, None])
+            example = (x[:16] + 0.1 * rng.normal(size=(16, *x.shape[1:]))).astype(np.float32)
+            example[~correct[:16]] = np.nan
+            examples[name] = example
+    min_norms["deepfool_l2"][-1] = np.inf
+    success["deepfool_l2"][:, -1] = False
+    broken = np.any(np.stack(list(success.values())), axis=0)
+    robust = correct[None, :] & ~broken
+    curve = np.where(certify.correct[:DEEPFOOL_POINTS], certify.radius[:DEEPFOOL_POINTS] + 0.05, 0.0)
+    arrays = AttackArrays(np.array(eps), robust, correct, np.arange(16), ATTACKS, success, examples, min_norms, curve)
+    summary = AttackSummary(
+        dataset=key.dataset,
+        model=key.model,
+        seed=key.seed,
+        fingerprint="a" * 16,
+        headline_eps=eps[-1],
+        epsilons=eps,
+        attacks=ATTACKS,
+        n_points=n,
+        clean_accuracy=float(correct.mean()),
+        robust_accuracy=robust.mean(axis=1).tolist(),
+        certified_accuracy=certified.mean(axis=1).tolist(),
+        per_attack_robust_accuracy={a: (correct & ~success[a]).mean(axis=1).tolist() for a in ATTACKS},
+        attack_success_rate={a: success[a].mean(axis=1).tolist() for a in ATTACKS},
+        calls={a: n for a in ATTACKS},
+        calls_unpruned={a: n for a in ATTACKS},
+        calls_saved=0,
+        calls_by_eps={a: [n] * len(eps) for a in EPS_ATTACKS},
+        calls_saved_by_certificates={a: 0 for a in EPS_ATTACKS},
+        calls_saved_by_smaller_eps={a: 0 for a in EPS_ATTACKS},
+        certificate_violations=[0] * len(eps),
+        pruned=True,
+        precision="fp32",
+        compiled=False,
+        attack_seconds={a: 0.5 for a in ATTACKS},
+        seconds=2.5,
+        environment=ENVIRONMENT,
+    )
+    return arrays, summary
 
-    bound = 1.0 if method.constrained else 40.0
-    upper = {
-        "whole_map": bound,
-        "per_logit": [1.0],
-        "max_per_logit": bound,
-        "layers": [{"name": "1", "type": "Linear", "input_shape": [2], "bound": 1.0, "method": "svd"}],
-    }
-    clean = float(correct.mean())
-    return {
-        "certify": {
-            "dataset": dataset,
-            "model": model,
-            "seed": seed,
-            "points": len(y),
-            "clean_accuracy": clean,
-            "epsilons": eps,
-            "certified_accuracy": _curve(rng, 0.8, len(eps)),
-            "lipschitz_upper_bound": upper,
-            "seconds": 0.02,
-            "parameter_count": 1234,
-            "environment": ENVIRONMENT,
-        },
-        "attack": {
-            "dataset": dataset,
-            "model": model,
-            "seed": seed,
-            "epsilons": eps,
-            "attacks": ATTACKS,
-            "n_points": n,
-            "clean_accuracy": float(correct[:n].mean()),
-            "robust_accuracy": _curve(rng, 0.7, len(eps)),
-            "certified_accuracy": _curve(rng, 0.6, len(eps)),
-            "per_attack_robust_accuracy": {a: _curve(rng, 0.9, len(eps)) for a in ATTACKS},
-            "calls": {a: n for a in ATTACKS},
-            "seconds": {a: 0.5 for a in ATTACKS},
-            "environment": ENVIRONMENT,
-        },
-        "verify": {
-            "dataset": dataset,
-            "model": f"fixture:{dataset}/{model}/seed{seed}",
-            "seed": seed,
-            "status": "verified",
-            "upper_bound": upper,
-            "lower_bound": {
-                "whole_map": 0.9 * upper["whole_map"],
-                "per_logit": [0.9],
-                "max_per_logit": 0.9 * upper["max_per_logit"],
-                "logit_difference": 1.2,
-                "sources": {},
-            },
-            "layers": [],
-            "failures": [],
-            "seconds": 0.05,
-            "environment": ENVIRONMENT,
-        },
-    }
+
+def _verify(key: RunKey, upper: UpperBoundRecord) -> VerifySummary:
+    lower = LowerBoundRecord(0.9 * upper.whole_map, [0.9], 0.9 * upper.max_per_logit, 1.2, {})
+    return VerifySummary(
+        dataset=key.dataset,
+        model=key.model,
+        seed=key.seed,
+        fingerprint="v" * 16,
+        label=f"fixture:{key.label}",
+        status="verified",
+        tolerance=1e-4,
+        upper_bound=upper,
+        lower_bound=lower,
+        layers=[],
+        certificate_audit={"points": 0, "steps": 20, "changed": 0},
+        minimal_attack_checks={},
+        failures=[],
+        seconds=0.05,
+        environment=ENVIRONMENT,
+    )
+
+
+def write_model(root: Path, data_dir: Path, dataset: str, model: str, seed: int = 0) -> dict:
+    """Write one model's train summary and arrays; return its certify/attack/verify summaries."""
+    key = RunKey(dataset, model, seed)
+    layout = Layout.of(_profile(root))
+    rng = np.random.default_rng(zlib.crc32(key.label.encode()))
+    x, y = (t.numpy() for t in take_tensors(load_dataset(dataset, data_dir, PREPARE[dataset]).test, CERTIFY_POINTS))
+    write_summary(layout.train_summary(key), _train_summary(key, rng, len(y)))
+    write_json_atomic(layout.train_history(key), [{"epoch": e, "train_loss": 1.0 / e, "test_accuracy": 0.8} for e in (1, 2, 3)])
+    bound = 1.0 if get_method(model).constrained else 40.0
+    upper = UpperBoundRecord(bound, [1.0], bound, [])
+    certify_arrays, certify = _certify(key, rng, x, y, upper)
+    certify_arrays.save(layout.stage_arrays("certify", key))
+    attack_arrays, attack = _attack(key, rng, x, certify_arrays)
+    attack_arrays.save(layout.stage_arrays("attack", key))
+    return {"certify": certify, "attack": attack, "verify": _verify(key, upper)}
+
+
+def _profile(root: Path):
+    from lipbench.profiles import load_profile
+
+    return load_profile(root / "params.yaml")
 
 
 def write_outputs(root: Path, data_dir: Path, models: list[str] = MODELS) -> Path:
     """A complete fixture profile under ``root``; returns its params file."""
     params = write_params(root, data_dir, models)
+    layout = Layout.of(_profile(root))
     for dataset in PREPARE:
-        summaries = {m: write_model(root, data_dir, dataset, m) for m in models}
+        summaries = {model: write_model(root, data_dir, dataset, model) for model in models}
         for stage in ("certify", "attack", "verify"):
-            _dump(
-                root / "reports" / "fixture" / "metrics" / stage / f"{dataset}.json",
-                {
-                    "profile": "fixture",
-                    "stage": stage,
-                    "dataset": dataset,
-                    "seconds": 1.5,
-                    "recomputed": [f"{dataset}/{m}/seed0" for m in models],
-                    "models": {m: {"seed0": summaries[m][stage]} for m in models},
-                },
-            )
+            keyed = {RunKey(dataset, model, 0): summaries[model][stage] for model in models}
+            for key, summary in keyed.items():
+                write_summary(layout.stage_summary(stage, key), summary)
+            metrics = StageMetrics("fixture", stage, dataset, keyed, [key.label for key in keyed], 1.5)
+            metrics.write(layout.stage_metrics(stage, dataset))
     return params

@@ -15,8 +15,9 @@ from report_fixtures import ATTACKS, MODELS, write_outputs
 from lipbench.cli.main import main
 from lipbench.profiles import Profile, load_profile
 from lipbench.report.build import build_report
-from lipbench.report.inputs import ModelKey, ReportInputError, arrays_path, train_metrics_path
+from lipbench.report.inputs import ReportInputError
 from lipbench.report.notebooks import NotebookError
+from lipbench.runs import Layout, RunKey
 
 FIGURES = [
     "moons_level_sets",
@@ -87,9 +88,17 @@ def test_tables_carry_the_stage_numbers(built: tuple[Profile, dict]) -> None:
     rows = list(csv.DictReader((reports / "tables" / "robustness_digits.csv").open()))
     assert [(r["model"], float(r["eps"])) for r in rows] == [(m, e) for m in MODELS for e in (0.25, 0.5)]
     hkr = [r for r in rows if r["model"] == "hkr"][1]
+    # clean, each attack, all attacks and certified: the attack points; then the certify set and the test set
+    assert float(hkr["clean"]) == pytest.approx(attack["clean_accuracy"], abs=1e-6)
     assert float(hkr["combined"]) == pytest.approx(attack["robust_accuracy"][1], abs=1e-6)
-    assert float(hkr["certified"]) == pytest.approx(certify["certified_accuracy"][1], abs=1e-6)
+    assert float(hkr["certified"]) == pytest.approx(attack["certified_accuracy"][1], abs=1e-6)
+    assert float(hkr["certified_certify_points"]) == pytest.approx(certify["certified_accuracy"][1], abs=1e-6)
     assert float(hkr["pgd_l2"]) == pytest.approx(attack["per_attack_robust_accuracy"]["pgd_l2"][1], abs=1e-6)
+    for row in rows:
+        attacks = [float(row[a]) for a in ATTACKS]
+        assert float(row["certified"]) <= float(row["combined"]) <= min(attacks) <= max(attacks) <= float(row["clean"])
+    markdown = (reports / "tables" / "robustness_digits.md").read_text()
+    assert "the same first 20 test points" in markdown and "Certified (40 pts)" in markdown
     plot = list(csv.reader((reports / "plots" / "digits" / "hkr.csv").open()))
     assert plot[0] == ["eps", "certified", "combined", *ATTACKS]
     assert float(plot[2][2]) == pytest.approx(attack["robust_accuracy"][1], abs=1e-6)
@@ -118,7 +127,7 @@ def test_missing_input_names_file_and_stage_and_keeps_report(built: tuple[Profil
     profile, _ = built
     reports = profile.path_of("reports")
     before = snapshot(reports)
-    missing = arrays_path(profile, "attack", ModelKey("digits", "hkr", 0))
+    missing = Layout.of(profile).stage_arrays("attack", RunKey("digits", "hkr", 0))
     shutil.move(missing, tmp_path / "attack.npz")
     try:
         with pytest.raises(ReportInputError) as error:
@@ -146,10 +155,8 @@ def test_failing_notebook_keeps_previous_report(built: tuple[Profile, dict], tmp
 def test_cli_reports_missing_training_metrics(tmp_path: Path, report_data: Path, capsys: pytest.CaptureFixture) -> None:
     params = write_outputs(tmp_path, report_data, models=["hkr", "kr"])
     profile = load_profile(params)
-    train_metrics_path(profile, ModelKey("moons", "kr", 0)).unlink()
+    Layout.of(profile).train_summary(RunKey("moons", "kr", 0)).unlink()
     assert main(["report", "--params", str(params)]) == 2
     err = capsys.readouterr().err
-    assert "lipbench report: error:" in err and "lipbench train --params" in err and "--method kr --seed 0" in err
-    metrics = train_metrics_path(profile, ModelKey("moons", "kr", 0)).parent
-    assert f"--out {profile.path_of('models') / 'moons' / 'kr' / 'seed0'} --metrics {metrics}`" in err
+    assert "lipbench report: error:" in err and "lipbench train --params" in err and "--model kr --seed 0`" in err
     assert not profile.path_of("reports").joinpath("index.html").exists()

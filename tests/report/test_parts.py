@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from lipbench.evaluate.attacks import accuracy_from_min_norms
-from lipbench.evaluate.certify import certified_accuracy
+from lipbench.curves import accuracy_from_min_norms
+from lipbench.nn.certificates import certified_accuracy
 from lipbench.profiles import load_profile
 from lipbench.report import plotting
 from lipbench.report.build import _swap_in
 from lipbench.report.images import transport_counterfactual
-from lipbench.report.inputs import ModelKey, ReportInputError, arrays_path, check_inputs, latex_name
-from lipbench.report.tables import Table, latex_escape
+from lipbench.report.inputs import ReportInputError, check_inputs
+from lipbench.report.labels import latex_name
+from lipbench.report.tables import Column, Table, latex_escape
+from lipbench.runs import Layout, RunKey
 
 
 def test_curves_from_norms_and_radii() -> None:
@@ -43,19 +45,13 @@ def test_transport_counterfactual_binary_and_multiclass() -> None:
 
 
 def test_table_formats() -> None:
-    table = Table(
-        "t",
-        "A & B",
-        ["Method", "C&W"],
-        rows=[["x_1", "50.0 ± 1.0"]],
-        raw_columns=["method", "cw"],
-        raw=[["x_1", 0.5]],
-        notes=["a note"],
-    )
-    assert table.markdown().splitlines()[2:5] == ["| Method | C&W |", "|---|---|", "| x_1 | 50.0 ± 1.0 |"]
-    assert table.csv() == "method,cw\nx_1,0.5\n"
+    columns = [Column("Method", "method"), Column("C&W", "cw", "percent"), Column("Name", "name", "name")]
+    table = Table("t", "A & B", columns, rows=[["x_1", [0.49, 0.51], "hKR_α^m"]], notes=["a note"])
+    assert table.markdown().splitlines()[2:5] == ["| Method | C&W | Name |", "|---|---|---|", "| x_1 | 50.0 ± 1.0 | hKR_α^m |"]
+    assert table.csv() == "method,cw,name\nx_1,0.5,hKR_α^m\n"  # one column spec: the same values in every format
     latex = table.latex()
-    assert r"x\_1 & 50.0 $\pm$ 1.0 \\" in latex and r"\caption{A \& B}" in latex and latex.count(r"\midrule") == 1
+    assert r"x\_1 & 50.0 $\pm$ 1.0 & $\mathrm{hKR}_{\alpha}^{m}$ \\" in latex
+    assert r"\caption{A \& B}" in latex and latex.count(r"\midrule") == 1
     assert latex_escape(r"$\mathrm{KR}$") == r"$\mathrm{KR}$"
 
 
@@ -81,7 +77,7 @@ def test_saved_figures_are_byte_identical(tmp_path: Path) -> None:
 def test_check_inputs_flags_missing_grid(fixture_params: Path) -> None:
     profile = load_profile(fixture_params)
     check_inputs(profile)  # complete fixture: no error
-    path = arrays_path(profile, "certify", ModelKey("moons", "kr", 0))
+    path = Layout.of(profile).stage_arrays("certify", RunKey("moons", "kr", 0))
     arrays = dict(np.load(path))
     del arrays["grid_values"]
     np.savez(path, **arrays)

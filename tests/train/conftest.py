@@ -23,7 +23,7 @@ def write_profile(folder: Path, **train_overrides) -> Path:
             "reports": str(folder / "reports"),
         },
         "datasets": ["moons"],
-        "methods": ["hkr", "adv"],
+        "models": ["hkr", "adv"],
         "seeds": [0, 1],
         "prepare": {"mirror": "", "moons": {"n_samples": 400, "noise": 0.1, "seed": 0, "test_fraction": 0.25}},
         "train": {

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from lipbench.methods import Method, get_method
 from lipbench.profiles import load_profile
+from lipbench.runs import RunKey
 from lipbench.train import TrainingDivergedError, config_from_profile, run_training
 from lipbench.train.distributed import DistributedContext, make_step_loss
 from lipbench.train.loop import _batches
@@ -132,9 +133,9 @@ def _worker(rank: int, store: str, profile: str, out_root: str) -> None:
 
         root = Path(out_root)
         metrics = run_training(
-            load_profile(profile), "moons", "hkr", 0, root / f"out{rank}", root / f"metrics{rank}", progress=False
+            load_profile(profile), RunKey("moons", "hkr", 0), root / f"out{rank}", root / f"metrics{rank}", progress=False
         )
-        results["world_size"] = metrics["environment"]["distributed"]["world_size"]
+        results["world_size"] = metrics.environment["distributed"]["world_size"]
 
         hkr = type(get_method("hkr"))
         original = hkr.loss_function
@@ -152,7 +153,7 @@ def _worker(rank: int, store: str, profile: str, out_root: str) -> None:
 
         hkr.loss_function = poisoned
         try:
-            run_training(load_profile(profile), "moons", "hkr", 1, root / "nan", root / "nan-metrics", progress=False)
+            run_training(load_profile(profile), RunKey("moons", "hkr", 1), root / "nan", root / "nan-metrics", progress=False)
         except TrainingDivergedError as error:
             results["diverged"] = str(error)
         finally:
@@ -222,7 +223,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(ddp_results):
 
 def _train_command(params: Path, out: Path, metrics: Path) -> list[str]:
     return [
-        "-m", "lipbench.cli.main", "train", "--params", str(params), "--dataset", "moons", "--method", "hkr",
+        "-m", "lipbench.cli.main", "train", "--params", str(params), "--dataset", "moons", "--model", "hkr",
         "--seed", "0", "--out", str(out), "--metrics", str(metrics), "--no-progress",
     ]  # fmt: skip
 
@@ -243,7 +244,7 @@ def _torchrun(params: Path, out: Path, metrics: Path) -> subprocess.CompletedPro
 def test_torchrun_trains_to_the_single_process_weights_and_resumes_its_checkpoints(tmp_path, prepared_moons, make_profile):
     (tmp_path / "data").symlink_to(prepared_moons)
     params = make_profile(tmp_path)
-    run_training(load_profile(params), "moons", "hkr", 0, tmp_path / "single", tmp_path / "single-m", progress=False)
+    run_training(load_profile(params), RunKey("moons", "hkr", 0), tmp_path / "single", tmp_path / "single-m", progress=False)
     ddp = _torchrun(params, tmp_path / "ddp", tmp_path / "ddp-m")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("lipbench train: moons/hkr/seed0") == 1, ddp.stdout  # rank 0 alone reports
@@ -320,31 +321,31 @@ def test_ranks_take_contiguous_shards_of_the_single_process_batches(world_size, 
 )
 def test_bad_speed_options_are_refused(tmp_path, make_profile, recipe, message):
     with pytest.raises(ValueError, match=message):
-        config_from_profile(load_profile(make_profile(tmp_path, **recipe)), "moons", "hkr", 0)
+        config_from_profile(load_profile(make_profile(tmp_path, **recipe)), RunKey("moons", "hkr", 0))
 
 
 def test_bf16_trains_with_fp32_weights_and_records_its_precision(tiny_profile, make_profile):
     root = tiny_profile.parent
-    fp32 = run_training(load_profile(tiny_profile), "moons", "hkr", 0, root / "fp32", root / "fp32-m", progress=False)
+    fp32 = run_training(load_profile(tiny_profile), RunKey("moons", "hkr", 0), root / "fp32", root / "fp32-m", progress=False)
     profile = load_profile(make_profile(root, precision="bf16"))
-    bf16 = run_training(profile, "moons", "hkr", 0, root / "bf16", root / "bf16-m", progress=False)
-    assert (bf16["recipe"]["precision"], bf16["recipe"]["compile"]) == ("bf16", False)
-    assert (fp32["recipe"]["precision"], fp32["recipe"]["compile"]) == ("fp32", False)
+    bf16 = run_training(profile, RunKey("moons", "hkr", 0), root / "bf16", root / "bf16-m", progress=False)
+    assert (bf16.recipe["precision"], bf16.recipe["compile"]) == ("bf16", False)
+    assert (fp32.recipe["precision"], fp32.recipe["compile"]) == ("fp32", False)
     weights = load_file(root / "bf16/weights.safetensors")
     assert all(tensor.dtype == torch.float32 for tensor in weights.values())
     # bf16 products round differently: close to the fp32 run, not equal to it.
-    assert bf16["final_loss"] == pytest.approx(fp32["final_loss"], rel=0.1)
-    assert bf16["final_loss"] != fp32["final_loss"]
-    assert bf16["test_accuracy"] > 0.6
+    assert bf16.final_loss == pytest.approx(fp32.final_loss, rel=0.1)
+    assert bf16.final_loss != fp32.final_loss
+    assert bf16.test_accuracy > 0.6
 
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager_training(tiny_profile, make_profile):
     root = tiny_profile.parent
-    run_training(load_profile(tiny_profile), "moons", "hkr", 0, root / "eager", root / "eager-m", progress=False)
+    run_training(load_profile(tiny_profile), RunKey("moons", "hkr", 0), root / "eager", root / "eager-m", progress=False)
     profile = load_profile(make_profile(root, compile=True))
-    compiled = run_training(profile, "moons", "hkr", 0, root / "compiled", root / "compiled-m", progress=False)
-    assert compiled["recipe"]["compile"] is True
+    compiled = run_training(profile, RunKey("moons", "hkr", 0), root / "compiled", root / "compiled-m", progress=False)
+    assert compiled.recipe["compile"] is True
     a, b = load_file(root / "eager/weights.safetensors"), load_file(root / "compiled/weights.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)

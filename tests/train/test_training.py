@@ -19,6 +19,7 @@ from lipbench.cli.main import main
 from lipbench.methods import get_method
 from lipbench.nn import export
 from lipbench.profiles import ProfileError, load_profile
+from lipbench.runs import RunKey
 from lipbench.train import (
     ModelMetadata,
     TrainingDivergedError,
@@ -48,8 +49,8 @@ def test_same_seed_gives_identical_metrics_and_weights_and_another_seed_differs(
     profile = load_profile(tiny_profile)
     root = tiny_profile.parent
     for run in ("a", "b"):
-        run_training(profile, "moons", "adv", 0, root / run, root / f"{run}-metrics", progress=False)
-    run_training(profile, "moons", "adv", 1, root / "c", root / "c-metrics", progress=False)
+        run_training(profile, RunKey("moons", "adv", 0), root / run, root / f"{run}-metrics", progress=False)
+    run_training(profile, RunKey("moons", "adv", 1), root / "c", root / "c-metrics", progress=False)
     assert deterministic_part(root / "a-metrics") == deterministic_part(root / "b-metrics")
     assert (root / "a-metrics/history.json").read_bytes() == (root / "b-metrics/history.json").read_bytes()
     # Byte for byte (DVC hashes bytes: a retrained identical model is no new output).
@@ -73,7 +74,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_with_the_uninterrupte
         str(params),
         "--dataset",
         "moons",
-        "--method",
+        "--model",
         "hkr",
         "--seed",
         "0",
@@ -104,9 +105,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_with_the_uninterrupte
 def test_checkpoints_of_another_configuration_are_not_resumed(tiny_profile, make_profile):
     profile = load_profile(tiny_profile)
     root = tiny_profile.parent
-    run_training(profile, "moons", "hkr", 0, root / "run", root / "metrics", progress=False)
+    run_training(profile, RunKey("moons", "hkr", 0), root / "run", root / "metrics", progress=False)
     changed = load_profile(make_profile(root, learning_rate=0.02))
-    run_training(changed, "moons", "hkr", 0, root / "run", root / "metrics", progress=False)
+    run_training(changed, RunKey("moons", "hkr", 0), root / "run", root / "metrics", progress=False)
     assert json.loads((root / "metrics/metrics.json").read_text())["timing"]["resumed_from_epoch"] is None
 
 
@@ -130,18 +131,18 @@ def test_a_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_c
     with pytest.raises(
         TrainingDivergedError, match=r"non-finite \(nan\) at epoch 2, step 3; the last good checkpoint \(epoch 1\)"
     ):
-        run_training(load_profile(tiny_profile), "moons", "hkr", 0, root / "run", root / "metrics", progress=False)
+        run_training(load_profile(tiny_profile), RunKey("moons", "hkr", 0), root / "run", root / "metrics", progress=False)
     assert torch.load(root / "run/checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (root / "run/weights.safetensors").exists()
 
 
 def test_weights_round_trip_and_match_the_trained_model(tiny_profile):
     from lipbench.data import load_dataset, take_tensors
-    from lipbench.evaluate.certify import predictions
+    from lipbench.nn.certificates import predictions
 
     root = tiny_profile.parent
     profile = load_profile(tiny_profile)
-    run_training(profile, "moons", "hkr", 0, root / "run", root / "metrics", progress=False)
+    run_training(profile, RunKey("moons", "hkr", 0), root / "run", root / "metrics", progress=False)
     model, metadata = load_weights(root / "run/weights.safetensors")
     assert (metadata.dataset, metadata.method, metadata.architecture) == ("moons", "hkr", "moons_dense")
     assert any(k.startswith("constrained.") and k.endswith("original") for k in load_file(root / "run/weights.safetensors"))
@@ -159,7 +160,7 @@ def test_saved_weights_are_byte_identical_and_read_back_with_their_metadata(tmp_
     model = get_method("hkr").build_model((2,), 2, "moons_dense")
     paths = [tmp_path / f"{index}.safetensors" for index in range(6)]
     for path in paths:
-        save_weights(path, model, metadata)
+        save_weights(path, export(model), metadata, constrained=model)
     assert len({path.read_bytes() for path in paths}) == 1
     plain, read = load_weights(paths[0])
     assert read == metadata
@@ -171,7 +172,7 @@ def test_weights_that_do_not_match_the_architecture_are_refused(tiny_profile, tm
     from safetensors.torch import save_file
 
     root = tiny_profile.parent
-    run_training(load_profile(tiny_profile), "moons", "hkr", 0, root / "run", root / "metrics", progress=False)
+    run_training(load_profile(tiny_profile), RunKey("moons", "hkr", 0), root / "run", root / "metrics", progress=False)
     with safe_open(str(root / "run/weights.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
     tensors = load_file(root / "run/weights.safetensors")
@@ -192,16 +193,16 @@ def test_pickle_checkpoints_are_refused_without_being_unpickled(tmp_path, no_unp
 
 
 @pytest.mark.parametrize(
-    "dataset, method, seed, message",
+    "dataset, model, seed, message",
     [
-        ("moons", "hkrr", 0, "method 'hkrr' is not in this profile's methods"),
+        ("moons", "hkrr", 0, "model 'hkrr' is not in this profile's models"),
         ("cifar10", "hkr", 0, "dataset 'cifar10' is not in this profile's datasets"),
         ("moons", "hkr", 7, "seed 7 is not in this profile's seeds"),
     ],
 )
-def test_runs_outside_the_profile_are_refused_before_any_work(tiny_profile, dataset, method, seed, message):
+def test_runs_outside_the_profile_are_refused_before_any_work(tiny_profile, dataset, model, seed, message):
     with pytest.raises(ProfileError, match=message):
-        config_from_profile(load_profile(tiny_profile), dataset, method, seed)
+        config_from_profile(load_profile(tiny_profile), RunKey(dataset, model, seed))
 
 
 @pytest.mark.parametrize(
@@ -216,7 +217,7 @@ def test_runs_outside_the_profile_are_refused_before_any_work(tiny_profile, data
 def test_bad_recipes_are_refused_before_any_work(tmp_path, make_profile, recipe, message):
     profile = load_profile(make_profile(tmp_path, **recipe))
     with pytest.raises(ValueError, match=message):
-        config_from_profile(profile, "moons", "hkr", 0)
+        config_from_profile(profile, RunKey("moons", "hkr", 0))
 
 
 def test_cli_reports_errors_in_one_line_with_exit_status_2(tiny_profile, capsys):
@@ -227,7 +228,7 @@ def test_cli_reports_errors_in_one_line_with_exit_status_2(tiny_profile, capsys)
             str(tiny_profile),
             "--dataset",
             "moons",
-            "--method",
+            "--model",
             "gnp",
             "--seed",
             "0",
@@ -239,6 +240,22 @@ def test_cli_reports_errors_in_one_line_with_exit_status_2(tiny_profile, capsys)
     )
     assert status == 2
     error = capsys.readouterr().err
-    assert "lipbench train: error:" in error and "method 'gnp' is not in this profile's methods" in error
+    assert "lipbench train: error:" in error and "model 'gnp' is not in this profile's models" in error
     assert "Traceback" not in error
     assert not (tiny_profile.parent / "x").exists()
+
+
+def test_a_model_that_cannot_be_exported_is_never_recorded(tiny_profile, monkeypatch):
+    """Nothing is written (weights, metrics, history) when the trained weights do not export;
+    the epoch checkpoint is kept and the error says so."""
+    from lipbench.train import run as training_run
+
+    def refuse(model):
+        raise ValueError("export(Sequential) result: 3.weight holds non-finite values (NaN or inf)")
+
+    monkeypatch.setattr(training_run, "export", refuse)
+    root = tiny_profile.parent
+    with pytest.raises(TrainingDivergedError, match="cannot be exported.*nothing was recorded.*checkpoint is kept"):
+        run_training(load_profile(tiny_profile), RunKey("moons", "hkr", 0), root / "run", root / "metrics", progress=False)
+    assert sorted(path.name for path in (root / "run").iterdir()) == ["checkpoint.pt"]
+    assert not (root / "metrics").exists()

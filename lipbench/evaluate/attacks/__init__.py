@@ -22,7 +22,6 @@ from lipbench.evaluate.attacks.autoattack_adapter import load_autoattack
 from lipbench.evaluate.attacks.protocol import (
     DEFAULT_ATTACKS,
     SuiteResult,
-    accuracy_from_min_norms,
     run_attack_suite,
 )
 
@@ -36,7 +35,6 @@ __all__ = [
     "AutocastLogits",
     "BinaryAsTwoLogits",
     "SuiteResult",
-    "accuracy_from_min_norms",
     "load_autoattack",
     "register_attack",
     "run_attack_suite",

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from lipbench.curves import REL_TOL
+from lipbench.nn.certificates import predictions
 from lipbench.registry import Registry
-
-#: Relative tolerance on ``||x_adv - x||_2 <= eps`` (float32 rounding of stored points).
-REL_TOL = 1e-6
 
 #: Arithmetic the attacks search in. Verification (``Target.predict``) is always float32.
 ATTACK_PRECISIONS = ("fp32", "bf16")
@@ -107,9 +106,7 @@ class Target:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Labels from the original model (``f > 0`` for a single logit), on CPU."""
-        out = self.model(x.to(self.device))
-        labels = (out[:, 0] > 0).long() if self.binary else out.argmax(dim=1)
-        return labels.cpu()
+        return predictions(self.model(x.to(self.device))).cpu()
 
 
 @dataclass(frozen=True)

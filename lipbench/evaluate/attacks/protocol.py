@@ -5,17 +5,31 @@ verified adversarial example within eps. ``success`` arrays here only count corr
 classified points (a misclassified point is non-robust without any attack), which makes
 them comparable between pruned and unpruned runs.
 
-Certificate pruning (``prune=True``): at a given eps, a point is not handed to an
-eps-ball attack when it is misclassified, when ``eps == 0``, or when
-``certified_radius > eps``. The test is strict: a Lipschitz margin certificate
-guarantees the decision for every ``||delta|| < radius``; at ``||delta|| == radius``
-the margin can reach 0, a tie whose argmax depends on tie-breaking, so points with
-``radius == eps`` are attacked. With a valid certificate the results are identical to
-``prune=False``; a certified point broken by an attack (only observable unpruned) is
-counted in ``certificate_violations``. Minimal-perturbation attacks (``cw_l2``,
-``deepfool_l2``) are not eps-based: they run once on the correctly classified points
-in both modes (pruning is not applicable) and their success per eps is derived from the
-norm they found.
+Pruning (``prune=True``) skips what is already decided; eps-ball attacks visit the radii
+in ascending order (results stay indexed like the caller's list). At a given eps, a point
+is not handed to an eps-ball attack when:
+
+* certificates decide it: it is misclassified, ``eps == 0``, or ``certified_radius > eps``.
+  The test is strict: a Lipschitz margin certificate guarantees the decision for every
+  ``||delta|| < radius``; at ``||delta|| == radius`` the margin can reach 0, a tie whose
+  argmax depends on tie-breaking, so points with ``radius == eps`` are attacked. With a
+  valid certificate this changes nothing; a certified point broken by an attack (only
+  observable unpruned) is counted in ``certificate_violations``;
+* a smaller eps decided it: the same attack already broke it at ``eps1 <= eps`` (an
+  earlier copy of a repeated eps included). Its adversarial example lies within
+  ``eps1 <= eps``, so it is counted as broken at eps and that example is copied (not
+  re-verified). Attacks are not monotone in eps: a rerun at eps might have failed, so a
+  point broken at ``eps1`` counts as broken at every larger eps, and a pruned run can
+  break more points than ``prune=False`` at larger radii. This is a semantics change:
+  robust accuracy under attack can only go down relative to attacking every eps afresh
+  (the unpruned reference, and pruned runs before carry-forward; exactly so for attacks
+  seeded per point, as the foolbox ones are), and with pruning it is monotone
+  non-increasing in eps for every attack.
+
+``calls_saved_by_certificates`` and ``calls_saved_by_smaller_eps`` count the two kinds of
+skipped (point, eps) pairs. Minimal-perturbation attacks (``cw_l2``, ``deepfool_l2``) are
+not eps-based: they run once on the correctly classified points in both modes (pruning
+is not applicable) and their success per eps is derived from the norm they found.
 """
 
 from __future__ import annotations
@@ -23,7 +37,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,103 +45,18 @@ from torch import nn
 
 from lipbench.evaluate.attacks.base import (
     ATTACKS,
-    REL_TOL,
     AttackSpec,
     Target,
     batches,
     prepared_target,
     validate_inputs,
 )
+from lipbench.evaluate.attacks.suite_result import SuiteResult
 
 logger = logging.getLogger(__name__)
 
 #: The paper's attack set (FGM is the paper's L2 "FGSM").
 DEFAULT_ATTACKS = ("fgm", "pgd_l2", "cw_l2", "deepfool_l2", "autoattack_l2")
-
-
-@dataclass
-class SuiteResult:
-    """Outcome of :func:`run_attack_suite` on ``N`` points and ``E`` radii (numpy, CPU).
-
-    ``success[name]`` ``(E, N)``; ``robust`` ``(E, N)``; ``robust_accuracy`` ``(E,)``;
-    ``min_norms[name]`` ``(N,)`` for minimal-perturbation attacks (0 for misclassified
-    points, ``inf`` where none was found) and ``min_norm`` their pointwise minimum;
-    ``examples[name]``: eps attacks ``(E, k, *shape)``, minimal attacks ``(k, *shape)``,
-    verified adversarial examples of the first ``k`` points, NaN where there is none;
-    ``calls[name]``: points (x radii, for eps attacks) handed to the attack, and
-    ``calls_unpruned[name]`` the same without pruning.
-    """
-
-    epsilons: list[float]
-    attacks: list[str]
-    clean_correct: np.ndarray
-    certified: np.ndarray | None
-    success: dict[str, np.ndarray]
-    robust: np.ndarray
-    min_norms: dict[str, np.ndarray]
-    min_norm: np.ndarray | None
-    examples: dict[str, np.ndarray]
-    example_indices: np.ndarray
-    calls: dict[str, int]
-    calls_unpruned: dict[str, int]
-    certificate_violations: np.ndarray
-    pruned: bool
-    info: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: eps attacks: points handed to the attack at each eps (unpruned: ``n_points`` each).
-    calls_by_eps: dict[str, list[int]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    precision: str = "fp32"  # what the attacks queried; verification is always float32
-    compiled: bool = False
-
-    @property
-    def n_points(self) -> int:
-        return len(self.clean_correct)
-
-    @property
-    def clean_accuracy(self) -> float:
-        return float(self.clean_correct.mean())
-
-    @property
-    def robust_accuracy(self) -> np.ndarray:
-        """``(E,)`` fraction of points correct and unbroken by every attack."""
-        return self.robust.mean(axis=1)
-
-    @property
-    def certified_accuracy(self) -> np.ndarray | None:
-        return None if self.certified is None else self.certified.mean(axis=1)
-
-    @property
-    def calls_saved(self) -> int:
-        return sum(self.calls_unpruned.values()) - sum(self.calls.values())
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-serialisable headline numbers and provenance."""
-        certified = self.certified_accuracy
-        return {
-            "epsilons": self.epsilons,
-            "attacks": self.attacks,
-            "n_points": self.n_points,
-            "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": self.robust_accuracy.tolist(),
-            "certified_accuracy": None if certified is None else certified.tolist(),
-            "attack_success_rate": {k: v.mean(axis=1).tolist() for k, v in self.success.items()},
-            "calls": dict(self.calls),
-            "calls_unpruned": dict(self.calls_unpruned),
-            "calls_saved": self.calls_saved,
-            "calls_by_eps": dict(self.calls_by_eps),
-            "certificate_violations": self.certificate_violations.tolist(),
-            "pruned": self.pruned,
-            "precision": self.precision,
-            "compiled": self.compiled,
-            "seconds": dict(self.seconds),
-            "info": _jsonable(self.info),
-        }
-
-
-def accuracy_from_min_norms(min_norm: np.ndarray, epsilons: Sequence[float]) -> np.ndarray:
-    """``(E,)`` robust accuracy curve implied by minimal perturbation norms."""
-    eps = np.asarray(epsilons, dtype=np.float64)[:, None]
-    return (np.asarray(min_norm)[None, :] > eps * (1 + REL_TOL)).mean(axis=1)
 
 
 class _UnitBoxInput(nn.Module):
@@ -259,18 +187,23 @@ def _run_unit_box(
             else:
                 _run_eps(result, spec, opts, target, x, y, batch_size, prune, progress)
             result.seconds[spec.name] = time.perf_counter() - start
+    _combine(result)
+    return result
+
+
+def _combine(result: SuiteResult) -> None:
+    """The pointwise worst case over attacks: robust points, minimal norm, certificate violations."""
     broken = np.any(np.stack(list(result.success.values())), axis=0)
-    result.robust = correct[None, :] & ~broken
+    result.robust = result.clean_correct[None, :] & ~broken
     if result.min_norms:
         result.min_norm = np.min(np.stack(list(result.min_norms.values())), axis=0)
-    if certified is not None:
-        result.certificate_violations = (certified & broken).sum(axis=1)
+    if result.certified is not None:
+        result.certificate_violations = (result.certified & broken).sum(axis=1)
         if result.certificate_violations.any():
             logger.warning(
                 "attacks broke certified points (%s per eps): the certificates are invalid",
                 result.certificate_violations.tolist(),
             )
-    return result
 
 
 def _resolve_attacks(
@@ -330,41 +263,55 @@ def _run_eps(
     prune: bool,
     progress: bool,
 ) -> None:
-    n, eps_list = len(x), result.epsilons
-    success = np.zeros((len(eps_list), n), bool)
-    examples = np.full((len(eps_list), len(result.example_indices), *x.shape[1:]), np.nan, np.float32)
-    calls = 0
-    calls_by_eps = [0] * len(eps_list)
+    """Run an eps-ball attack at every radius, smallest first.
+
+    With ``prune``, skip the points that certificates decide at eps and those this attack
+    already broke at a smaller eps: the latter count as broken at eps with the example
+    found there (carry-forward). A point broken at ``eps1`` thus stays broken at every
+    ``eps2 > eps1`` even where a rerun at ``eps2`` would fail (attacks are not monotone),
+    so success is monotone in eps and robust accuracy can only be lower than unpruned.
+    """
+    n, n_eps, k = len(x), len(result.epsilons), len(result.example_indices)
+    success = np.zeros((n_eps, n), bool)
+    examples = np.full((n_eps, k, *x.shape[1:]), np.nan, np.float32)
+    broken = np.zeros(n, bool)  # broken at an eps visited earlier (pruned runs only)
+    held = np.full(examples.shape[1:], np.nan, np.float32)  # their examples, for the first k points
+    calls_by_eps, saved_by_certificates, saved_by_smaller_eps = [0] * n_eps, 0, 0
     result.info[spec.name] = {"options": opts}
-    for e, eps in enumerate(eps_list):
+    for e in (int(i) for i in np.argsort(result.epsilons, kind="stable")):
+        eps = result.epsilons[e]
         attack = np.ones(n, bool)
         if prune:
-            attack &= result.clean_correct & (eps > 0)
-            if result.certified is not None:
-                attack &= ~result.certified[e]
+            attack = _undecided_by_certificates(result, e)
+            carried = attack & broken
+            saved_by_certificates += n - int(attack.sum())
+            saved_by_smaller_eps += int(carried.sum())
+            success[e] = carried
+            examples[e, carried[:k]] = held[carried[:k]]
+            attack &= ~carried
         idx = np.flatnonzero(attack)
+        calls_by_eps[e] = len(idx)
         if not len(idx):
             continue
         res = spec.run(target, x[idx], y[idx], [eps], batch_size=batch_size, options=opts, progress=progress)
-        calls += len(idx)
-        calls_by_eps[e] = len(idx)
         ok = res.success[0] & result.clean_correct[idx]
         success[e, idx] = ok
-        first = ok & (idx < examples.shape[1])
+        first = ok & (idx < k)
         examples[e, idx[first]] = res.x_adv[0][torch.from_numpy(first)].numpy()
+        if prune:
+            broken[idx[ok]] = True
+            held[idx[first]] = examples[e, idx[first]]
         result.info[spec.name] = res.info
     result.success[spec.name], result.examples[spec.name] = success, examples
-    result.calls[spec.name], result.calls_unpruned[spec.name] = calls, n * len(eps_list)
+    result.calls[spec.name], result.calls_unpruned[spec.name] = sum(calls_by_eps), n * n_eps
     result.calls_by_eps[spec.name] = calls_by_eps
+    result.calls_saved_by_certificates[spec.name] = saved_by_certificates
+    result.calls_saved_by_smaller_eps[spec.name] = saved_by_smaller_eps
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
+def _undecided_by_certificates(result: SuiteResult, e: int) -> np.ndarray:
+    """``(N,)`` points that certificates leave to an eps-ball attack at ``epsilons[e]``."""
+    undecided = result.clean_correct & (result.epsilons[e] > 0)
+    if result.certified is not None:
+        undecided = undecided & ~result.certified[e]
+    return undecided

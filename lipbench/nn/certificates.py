@@ -1,4 +1,7 @@
-"""Certified L2 radii from a strict Lipschitz upper bound (paper section 3).
+"""The decision rule and certified L2 radii from a strict Lipschitz upper bound (paper section 3).
+
+:func:`predictions` is the one decision rule of lipbench (training accuracy, certificates,
+attacks, the soundness gate): class 1 where ``f > 0`` for a single logit, argmax otherwise.
 
 Binary (one logit): ``|f(x)| / L``. Multiclass with margin ``top1 - top2``:
 ``margin / (sqrt(2) L)`` when the whole logit map is L-Lipschitz, ``margin / (2 L)``
@@ -14,6 +17,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from lipbench.curves import certified_accuracy_curve
 
 __all__ = ["certified_radius", "certified_accuracy", "predictions"]
 
@@ -60,17 +65,7 @@ def certified_radius(
 
 
 def certified_accuracy(radius: Tensor, correct: Tensor, epsilons: Sequence[float]) -> dict[float, float]:
-    """Fraction of points correctly classified with a radius strictly above each ``eps``.
-
-    Strict inequality: a point exactly at distance ``eps`` from the boundary could be
-    moved onto it, where the class is undecided.
-    """
-    if len(radius) != len(correct):
-        raise ValueError(f"radius and correct have different lengths: {len(radius)} vs {len(correct)}")
-    if len(radius) == 0:
-        raise ValueError("certified_accuracy needs at least one point")
-    for eps in epsilons:
-        if not (math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"epsilons must be finite and >= 0, got {eps}")
-    correct = correct.bool()
-    return {float(eps): float(((radius > eps) & correct).float().mean()) for eps in epsilons}
+    """Fraction of points correctly classified with a radius strictly above each ``eps``
+    (see :func:`lipbench.curves.certified_accuracy_curve`)."""
+    values = certified_accuracy_curve(radius.detach().cpu().numpy(), correct.detach().cpu().numpy(), epsilons)
+    return {float(eps): float(value) for eps, value in zip(epsilons, values)}

@@ -1,0 +1,78 @@
+"""Every path dvc.yaml declares, for every profile, is the path lipbench.runs.Layout gives
+(the stages, the evaluation and the report derive their paths from the layout)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dvc.repo import Repo
+
+from lipbench.data.base import MANIFEST_NAME
+from lipbench.profiles import load_profile
+from lipbench.report import inputs
+from lipbench.runs import EVALUATION_STAGES, Layout, RunKey
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stages() -> list:
+    return list(Repo(str(REPO)).index.stages)
+
+
+def _relative(path: str) -> str:
+    return os.path.relpath(path, REPO)
+
+
+def _options(command: str) -> dict[str, str]:
+    words = shlex.split(command)
+    return {word[2:]: value for word, value in itertools.pairwise(words) if word.startswith("--")}
+
+
+def _profile_stages(stages: list) -> Iterator[tuple[Layout, object, dict[str, str]]]:
+    for stage in stages:
+        profile = load_profile(Path(stage.dvcfile.path).parent / "params.yaml")
+        assert Path(stage.wdir) == REPO, stage.name
+        yield Layout.of(profile), stage, _options(stage.cmd)
+
+
+def test_every_profile_has_its_stages(stages):
+    files = {_relative(stage.dvcfile.path) for stage in stages}
+    assert files == {"dvc.yaml", "pipelines/mnist/dvc.yaml", "pipelines/paper/dvc.yaml"}
+
+
+def test_declared_outputs_and_commands_are_the_layout_paths(stages):
+    checked = set()
+    for layout, stage, options in _profile_stages(stages):
+        name = stage.name.partition("@")[0]
+        outs = {_relative(out.fs_path) for out in stage.outs}
+        deps = {_relative(dep.fs_path) for dep in stage.deps}
+        dataset = options.get("dataset")
+        if name == "prepare":
+            assert outs == {str(layout.prepared(dataset))}
+        elif name == "train":
+            key = RunKey(dataset, options["model"], int(options["seed"]))
+            expected = {layout.weights(key), layout.checkpoint(key), layout.train_summary(key), layout.train_history(key)}
+            assert outs == {str(path) for path in expected}, stage.name
+            assert (options["out"], options["metrics"]) == (str(layout.model_dir(key)), str(layout.train_metrics_dir(key)))
+            assert str(layout.prepared(dataset)) in deps
+        elif name in EVALUATION_STAGES:
+            assert outs == {str(layout.stage_dataset_dir(name, dataset)), str(layout.stage_metrics(name, dataset))}
+            upstream = EVALUATION_STAGES[: EVALUATION_STAGES.index(name)]
+            assert {str(layout.stage_dataset_dir(u, dataset)) for u in upstream} <= deps, stage.name
+            assert str(layout.model_dir(RunKey(dataset, "x", 0)).parent.parent) in deps  # every model of the dataset
+        else:
+            assert name == "report"
+            assert all(Path(out).is_relative_to(layout.reports) for out in outs)
+            assert {str(layout.stage_dataset_dir(s, "x").parent) for s in ("certify", "attack")} <= deps
+        checked.add(name)
+    assert checked == {"prepare", "train", "certify", "attack", "verify", "report"}
+
+
+def test_the_report_reads_the_prepared_manifest_under_its_real_name():
+    assert inputs._MANIFEST == MANIFEST_NAME
