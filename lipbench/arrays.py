@@ -8,6 +8,7 @@ are written atomically and read without unpickling. Light module: numpy only.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,19 @@ class ArraysError(ValueError):
     """An arrays file lacks an array of its schema (written by an older lipbench)."""
 
 
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed entry times: equal arrays give byte-identical files
+
+
 def _save(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed``'s format (``np.load`` reads it), byte-deterministic: numpy's own
+    writer stamps every entry with the current time, so identical results differ on disk."""
     with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(info, "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, np.asanyarray(value), allow_pickle=False)
 
 
 def _load(path: str | Path) -> dict[str, np.ndarray]:

@@ -128,8 +128,10 @@ def build_entry(
     attack: AttackSummary,
     verify: VerifySummary,
     train: TrainSummary | None = None,
+    reported: float | None = None,
 ) -> dict[str, Any]:
-    """One model's entry from its summaries (``train`` is None for external models).
+    """One model's entry from its summaries (``train`` is None for external models);
+    ``reported``: the clean accuracy the model's authors claim, when known.
 
     Raises :class:`LeaderboardEntryError` if the summaries are of different runs, violate
     the accuracy ordering on the same points, or the entry fails the schema."""
@@ -148,6 +150,9 @@ def build_entry(
         "threat_model": "L2",
         "eps": float(attack.headline_eps),
         **_accuracies(certify, attack, train),
+        "reported": None if reported is None else float(reported),
+        "number_forward_passes": 1,  # lipbench's models and the ones it accepts are deterministic
+        "unreliable": not verify.verified or attack.precision != "fp32",
         "additional_data": False,
         "footnote": _footnote(description, attack, verify, certify.lipschitz_upper_bound.whole_map),
         "model": model,

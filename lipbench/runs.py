@@ -32,6 +32,7 @@ EVALUATION_STAGES = ("certify", "attack", "verify")
 #: Path templates; ``{data}``, ``{models}``, ``{evaluation}``, ``{metrics}`` and ``{reports}``
 #: are the profile's ``paths`` entries.
 PATH_TEMPLATES: Mapping[str, str] = {
+    "validated": "{data}/validated.json",
     "prepared": "{data}/prepared/{dataset}",
     "model_dir": "{models}/{dataset}/{model}/seed{seed}",
     "weights": "{models}/{dataset}/{model}/seed{seed}/weights.safetensors",
@@ -41,6 +42,7 @@ PATH_TEMPLATES: Mapping[str, str] = {
     "train_history": "{metrics}/train/{dataset}/{model}/seed{seed}/history.json",
     "stage_dataset_dir": "{evaluation}/{stage}/{dataset}",
     "stage_dir": "{evaluation}/{stage}/{dataset}/{model}/seed{seed}",
+    "reuse_dir": "{evaluation}/reuse/{stage}/{dataset}/{model}/seed{seed}",
     "external_weights": "{data}/external/{dataset}/{external}/weights.safetensors",
     "external_stage_dir": "{evaluation}/external/{stage}/{dataset}/{external}",
     "stage_metrics": "{metrics}/{stage}/{dataset}.json",
@@ -91,6 +93,10 @@ class Layout:
     def _run(self, template: str, key: RunKey) -> Path:
         return self.render(template, dataset=key.dataset, model=key.model, seed=key.seed)
 
+    def validated(self) -> Path:
+        """The ``validate`` stage's marker (the profile resolved; every prepare stage waits for it)."""
+        return self.render("validated")
+
     def prepared(self, dataset: str) -> Path:
         return self.render("prepared", dataset=dataset)
 
@@ -126,6 +132,11 @@ class Layout:
             return self.render("external_stage_dir", stage=stage, dataset=key.dataset, external=key.external)
         return self.render("stage_dir", stage=stage, dataset=key.dataset, model=key.model, seed=key.seed)
 
+    def reuse_dir(self, stage: str, key: RunKey) -> Path:
+        """A copy of a model's last outputs of a stage, outside DVC's outputs (which DVC
+        removes before it reruns a stage): unchanged models are copied back, not recomputed."""
+        return self.render("reuse_dir", stage=stage, dataset=key.dataset, model=key.model, seed=key.seed)
+
     def stage_arrays(self, stage: str, key: RunKey) -> Path:
         return self.stage_dir(stage, key) / f"{stage}.npz"
 
@@ -143,6 +154,11 @@ class Layout:
     @property
     def reports(self) -> Path:
         return Path(self.paths["reports"])
+
+    @property
+    def scores(self) -> Path:
+        """The scalars DVC shows as metrics (written by the report stage)."""
+        return self.reports / "scores.json"
 
 
 def run_keys(profile: Profile, dataset: str | None = None) -> list[RunKey]:

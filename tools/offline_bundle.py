@@ -109,13 +109,13 @@ def _kind(stage: dict[str, str]) -> str:
 
 
 def plan_stages(listings: list[list[dict[str, str]]]) -> list[dict[str, str]]:
-    """The stages of several targets once each, without the report (it runs here): all
-    preparations, then all training (side by side on the host: each needs only its
-    prepared data), then the evaluation stages in DVC's order."""
+    """The stages of several targets once each, without the report (it runs here): the
+    profile check, all preparations, then all training (side by side on the host: each needs
+    only its prepared data), then the evaluation stages in DVC's order."""
     stages: list[dict[str, str]] = []
     for listing in listings:
         stages += [stage for stage in listing if _kind(stage) != "report" and stage not in stages]
-    return sorted(stages, key=lambda stage: {"prepare": 0, "train": 1}.get(_kind(stage), 2))
+    return sorted(stages, key=lambda stage: {"validate": 0, "prepare": 1, "train": 2}.get(_kind(stage), 3))
 
 
 def _dry_run(target: str) -> list[dict[str, str]]:

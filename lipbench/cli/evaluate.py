@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the profile's model variant whose architecture the weights fit")
     parser.add_argument("--weights", type=Path, required=True, help="a .safetensors file (pickles are refused)")
     parser.add_argument("--name", default=None, help="leaderboard name (default: the file's stem)")
+    parser.add_argument("--reported", type=float, default=None, help="clean accuracy the model's authors claim (fraction)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
 
 
@@ -25,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     name = args.name or args.weights.stem
     try:
-        entry = evaluate_external(load_profile(args.params), args.dataset, args.model, args.weights, name, args.progress)
+        entry = evaluate_external(
+            load_profile(args.params), args.dataset, args.model, args.weights, name, args.progress, args.reported
+        )
     except VerificationFailed as failure:
         print(f"lipbench evaluate: {name} FAILED verification (entry written, flagged):\n{failure}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from lipbench import __version__
 
 # sub-command -> module exposing add_arguments(parser) and run(args) -> int
 _COMMANDS = {
+    "validate": ("lipbench.cli.validate", "check a whole profile (every run and evaluation setting) before any stage"),
     "prepare": ("lipbench.cli.prepare", "fetch (or copy from the mirror), verify and prepare a dataset"),
     "train": ("lipbench.cli.train", "train one (dataset, method, seed) of a profile"),
     "certify": ("lipbench.cli.evaluate_stage", "certified radii and certified accuracy of a dataset's models"),

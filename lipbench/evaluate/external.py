@@ -65,13 +65,21 @@ def _description(metadata: ModelMetadata) -> ModelDescription:
 
 
 def evaluate_external(
-    profile: Profile, dataset: str, model: str, weights: Path, name: str, progress: bool = True
+    profile: Profile,
+    dataset: str,
+    model: str,
+    weights: Path,
+    name: str,
+    progress: bool = True,
+    reported: float | None = None,
 ) -> dict[str, Any]:
     """Certify, attack and verify ``weights`` (a ``model`` variant of the profile); write and
-    return its leaderboard entry.
+    return its leaderboard entry (``reported``: the clean accuracy its authors claim).
 
     Raises :class:`VerificationFailed` after writing the (flagged) entry if the gate fails.
     """
+    if reported is not None and not 0 <= reported <= 1:
+        raise ValueError(f"--reported {reported!r}: give the claimed clean accuracy as a fraction in [0, 1]")
     if not _NAME.match(name):
         raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' or '.', at most 64 characters")
     weights = Path(weights)
@@ -83,10 +91,12 @@ def evaluate_external(
     layout = Layout.of(profile)
     save_weights(layout.weights(key), plain, metadata)
     summaries = {
-        stage: evaluate_one(str(profile.path), stage, key, fingerprint(profile, stage, key, settings))
+        stage: evaluate_one(str(profile.path), stage, key, fingerprint(profile, stage, key, settings), progress)
         for stage in ("certify", "attack", "verify")
     }
-    entry = build_entry(profile.name, _description(metadata), summaries["certify"], summaries["attack"], summaries["verify"])
+    entry = build_entry(
+        profile.name, _description(metadata), summaries["certify"], summaries["attack"], summaries["verify"], reported=reported
+    )
     write_json_atomic(layout.external_entries() / f"{dataset}-{name}.json", entry)
     if not summaries["verify"].verified:
         raise VerificationFailed("\n".join(summaries["verify"].failures))

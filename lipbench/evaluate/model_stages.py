@@ -77,7 +77,7 @@ def load_model_and_points(
     return model, x.to(device), y.to(device), info
 
 
-def certify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str) -> CertifySummary:
+def certify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool) -> CertifySummary:
     model, x, y, info = load_model_and_points(profile, key, settings)
     certification = certify_model(model, info.input_shape, x, y, settings.epsilons, settings.batch_size)
     certification.arrays().save(Layout.of(profile).stage_arrays("certify", key))
@@ -141,14 +141,14 @@ _SUITE_FIELDS = (
 )
 
 
-def attack(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str) -> AttackSummary:
+def attack(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool) -> AttackSummary:
     model, x, y, info = load_model_and_points(profile, key, settings)
     layout = Layout.of(profile)
     radius = torch.from_numpy(CertifyArrays.load(layout.stage_arrays("certify", key)).radius)
     n = settings.attack_points
     common: dict[str, Any] = dict(
         batch_size=settings.batch_size,
-        progress=False,
+        progress=progress,
         bounds=info.bounds,
         n_examples=16,
         precision=settings.attack_precision,
@@ -180,7 +180,7 @@ def attack(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerpr
     return _attack_summary(key, fingerprint, settings, suite, curve)
 
 
-def verify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str) -> VerifySummary:
+def verify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool) -> VerifySummary:
     model, x, _, info = load_model_and_points(profile, key, settings)
     layout = Layout.of(profile)
     certificates = CertifyArrays.load(layout.stage_arrays("certify", key))
@@ -192,8 +192,9 @@ def verify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerpr
     return result.summary(key, fingerprint)
 
 
-#: stage -> work(profile, key, settings, fingerprint) returning the model's summary.
-STAGE_WORK: dict[str, Callable[[Profile, RunKey, EvaluationSettings, str], Any]] = {
+#: stage -> work(profile, key, settings, fingerprint, progress) returning the model's summary;
+#: ``progress``: progress bars of the model's attacks (on a terminal).
+STAGE_WORK: dict[str, Callable[[Profile, RunKey, EvaluationSettings, str, bool], Any]] = {
     "certify": certify,
     "attack": attack,
     "verify": verify,

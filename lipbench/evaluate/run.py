@@ -5,8 +5,11 @@ Each model's outputs live in ``Layout.stage_dir(stage, key)`` (``<stage>.npz`` p
 arrays and ``summary.json``), and the dataset's summaries in
 ``<metrics>/<stage>/<dataset>.json`` (git-tracked; :class:`~lipbench.summaries.StageMetrics`).
 Every summary carries a fingerprint of its inputs (weights and upstream files, settings,
-lipbench's source): when DVC reruns a stage, models whose fingerprint is unchanged are
-reused, not recomputed, so adding one model costs one model's evaluation. Models run in
+lipbench's source). Each model's outputs are also kept in ``Layout.reuse_dir`` (outside
+DVC's outputs, which DVC removes before it reruns a stage, so that the stage stays
+restorable from DVC's run-cache): when DVC reruns a stage, models whose fingerprint is
+unchanged are copied back from there, not recomputed, so adding one model costs one
+model's evaluation. Models run in
 ``evaluate.workers`` parallel processes (spawned, one torch thread each) or in-process when
 ``workers`` is 1. The per-model work is in :mod:`lipbench.evaluate.model_stages`.
 """
@@ -18,8 +21,10 @@ import hashlib
 import json
 import multiprocessing
 import shutil
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -65,14 +70,15 @@ def fingerprint(profile: Profile, stage: str, key: RunKey, settings: EvaluationS
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def evaluate_one(profile_path: str, stage: str, key: RunKey, run_fingerprint: str) -> StageSummary:
-    """One model's stage work; writes ``summary.json`` last (it marks the outputs complete)."""
+def evaluate_one(profile_path: str, stage: str, key: RunKey, run_fingerprint: str, progress: bool = False) -> StageSummary:
+    """One model's stage work; writes ``summary.json`` last (it marks the outputs complete).
+    ``progress``: bars for the model's attacks (tqdm; off when the output is not a terminal)."""
     started = time.perf_counter()
     profile = load_profile(profile_path)
     settings = evaluation_settings(profile, key.dataset)
     layout = Layout.of(profile)
     layout.stage_dir(stage, key).mkdir(parents=True, exist_ok=True)
-    summary = STAGE_WORK[stage](profile, key, settings, run_fingerprint)
+    summary = STAGE_WORK[stage](profile, key, settings, run_fingerprint, progress)
     summary = dataclasses.replace(
         summary,
         seconds=time.perf_counter() - started,
@@ -86,33 +92,57 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _reusable(profile: Profile, stage: str, key: RunKey, run_fingerprint: str) -> StageSummary | None:
-    """The model's recorded summary when its inputs are unchanged (same fingerprint)."""
-    path = Layout.of(profile).stage_summary(stage, key)
+def _copy_folder(source: Path, target: Path) -> None:
+    """Replace ``target`` by a copy of ``source`` (copied beside it, then renamed)."""
+    staging = target.with_name(f".{target.name}.copy")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def _reusable(layout: Layout, stage: str, key: RunKey, run_fingerprint: str) -> StageSummary | None:
+    """The model's last summary when its inputs are unchanged (same fingerprint), with its
+    outputs copied back into the stage's output folder; None otherwise."""
+    kept = layout.reuse_dir(stage, key)
+    path = kept / "summary.json"
     if not path.is_file():
         return None
     try:
         summary = read_summary(path, STAGE_SUMMARIES[stage])
     except SummaryError:  # written by an older lipbench: recompute
         return None
-    return dataclasses.replace(summary, reused=True) if summary.fingerprint == run_fingerprint else None
+    if summary.fingerprint != run_fingerprint:
+        return None
+    _copy_folder(kept, layout.stage_dir(stage, key))
+    return dataclasses.replace(summary, reused=True)
+
+
+def _done(bar: tqdm, stage: str, key: RunKey, summary: StageSummary) -> None:
+    """Progress per model: the bar on a terminal, else one line (DVC logs, CI)."""
+    if bar.disable:
+        print(f"lipbench {stage}: {key.label} done in {summary.seconds:.1f} s", file=sys.stderr, flush=True)
+    else:
+        bar.set_postfix_str(key.label)
+        bar.update()
 
 
 def _compute(profile: Profile, stage: str, pending: list[tuple[RunKey, str]], workers: int, bar: tqdm) -> dict:
-    """Run the pending models, in ``workers`` processes when there are several."""
+    """Run the pending models, in ``workers`` processes when there are several (then without
+    the per-attack bars, which would interleave)."""
     done: dict[RunKey, StageSummary] = {}
     if workers > 1 and len(pending) > 1:
         threads = max(1, (torch.get_num_threads() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(evaluate_one, str(profile.path), stage, key, fp): key for key, fp in pending}
-            for future, key in futures.items():
-                done[key] = future.result()
-                bar.update()
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                _done(bar, stage, futures[future], done[futures[future]])
     else:
         for key, run_fingerprint in pending:
-            done[key] = evaluate_one(str(profile.path), stage, key, run_fingerprint)
-            bar.update()
+            done[key] = evaluate_one(str(profile.path), stage, key, run_fingerprint, progress=not bar.disable)
+            _done(bar, stage, key, done[key])
     return done
 
 
@@ -135,14 +165,16 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
     pending: list[tuple[RunKey, str]] = []
     for key in keys:
         key_fingerprint = fingerprint(profile, stage, key, settings)
-        reused = _reusable(profile, stage, key, key_fingerprint)
+        reused = _reusable(layout, stage, key, key_fingerprint)
         if reused is not None:
             summaries[key] = reused
         else:
             pending.append((key, key_fingerprint))
-    bar = tqdm(total=len(pending), desc=f"{stage} {dataset}", disable=tqdm_disable(progress and bool(pending)))
+    bar = tqdm(total=len(pending), desc=f"{stage} {dataset}", unit="model", disable=tqdm_disable(progress and bool(pending)))
     summaries |= _compute(profile, stage, pending, settings.workers, bar)
     bar.close()
+    for key, _ in pending:
+        _copy_folder(layout.stage_dir(stage, key), layout.reuse_dir(stage, key))
     _remove_stale(layout, stage, dataset, keys)
     metrics = StageMetrics(
         profile=profile.name,
@@ -160,12 +192,13 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
 
 
 def _remove_stale(layout: Layout, stage: str, dataset: str, keys: list[RunKey]) -> None:
-    """Drop outputs of models no longer in the profile (the stage's folder is persistent)."""
-    root = layout.stage_dataset_dir(stage, dataset)
-    keep = {layout.stage_dir(stage, key) for key in keys}
-    for folder in root.glob("*/seed*"):
-        if folder not in keep:
-            shutil.rmtree(folder)
-    for folder in root.glob("*"):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    """Drop outputs (and kept copies) of models no longer in the profile."""
+    for folder_of in (layout.stage_dir, layout.reuse_dir):
+        kept = {folder_of(stage, key) for key in keys}
+        root = folder_of(stage, RunKey(dataset, "x", 0)).parent.parent  # one folder per model, then per seed
+        for folder in root.glob("*/seed*"):
+            if folder not in kept:
+                shutil.rmtree(folder)
+        for folder in root.glob("*"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()

@@ -6,7 +6,8 @@ disappear. ``metrics/`` (stage outputs, and ``metrics/external`` leaderboard ent
 external checkpoints) and hidden entries (``.gitignore``) are never touched.
 
 Layout: ``figures/*.{png,svg}`` (written by the notebooks), ``tables/*.{md,csv,tex}``,
-``plots/<dataset>/<model>.csv`` (``dvc plots``), ``notebooks/*.html``,
+``plots/<dataset>/<model>.csv`` (``dvc plots``), ``plots.html`` (those plots and the
+training histories, drawn offline: :mod:`lipbench.report.vega`), ``notebooks/*.html``,
 ``leaderboard.{json,md,html}`` and ``index.html``.
 """
 
@@ -104,6 +105,7 @@ def build_report(
         shutil.rmtree(staging, ignore_errors=True)
     moved = {key: [reports_dir / p.relative_to(staging) for p in paths] for key, paths in result.items() if key != "leaderboard"}
     outputs: dict[str, Any] = {"reports": reports_dir, **moved, "index": reports_dir / "index.html"}
+    outputs["plots_page"] = reports_dir / "plots.html"
     outputs["leaderboard"] = {kind: reports_dir / path.relative_to(staging) for kind, path in result["leaderboard"].items()}
     outputs["seconds"] = time.perf_counter() - started
     log(f"{reports_dir} written in {outputs['seconds']:.1f} s")
@@ -117,6 +119,7 @@ def _build_into(inputs: ReportInputs, out: Path, sources: list[Path], cwd: Path,
     from lipbench.report.notebooks import NotebookError, run_notebook
     from lipbench.report.plotting import FORMATS
     from lipbench.report.tables import all_tables, write_plot_csvs, write_tables
+    from lipbench.report.vega import write_plots_page
 
     profile = inputs.profile
     tables = all_tables(inputs)
@@ -131,6 +134,7 @@ def _build_into(inputs: ReportInputs, out: Path, sources: list[Path], cwd: Path,
     if missing:
         raise NotebookError(f"the report notebooks in {sources[0].parent} did not produce the figures {', '.join(missing)}")
     leaderboard = write_leaderboard(inputs, out)
-    index = render_index(inputs, out, figures, tables, plots, notebooks, leaderboard)
+    plots_page = write_plots_page(inputs, out, plots)
+    index = render_index(inputs, out, figures, tables, plots, notebooks, leaderboard, plots_page, cwd)
     write_text_atomic(out / "index.html", index)
     return {"figures": figures, "tables": table_paths, "plots": plots, "notebooks": notebooks, "leaderboard": leaderboard}

@@ -1,12 +1,16 @@
 """``index.html``: one page linking every figure, table, notebook and leaderboard file of a
-report, with the environment the results came from and each stage's runtime.
+report, and the offline plots page, with the environment the results came from and each
+stage's runtime.
 
-The page holds no build time or date, so an unchanged report rebuilds byte-identically.
+The page holds no build time or date, so an unchanged report rebuilds byte-identically, and
+no absolute path of the machine that built it. Method names render as HTML sub- and
+superscripts (:func:`lipbench.report.labels.html_name`).
 """
 
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from lipbench.report.inputs import ReportInputs
-from lipbench.report.tables import Table
+from lipbench.report.labels import html_name
+from lipbench.report.tables import Column, Table
 from lipbench.runs import EVALUATION_STAGES as STAGES
 from lipbench.runs import RunKey
 from lipbench.summaries import AttackSummary
 
-__all__ = ["environment_rows", "runtime_tables", "render_index"]
+__all__ = ["portable_path", "table_html", "environment_rows", "runtime_tables", "render_index"]
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}"
@@ -47,6 +52,43 @@ def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]], numeric_from: 
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _cell(column: Column, text: str) -> str:
+    if column.kind == "name":
+        return f"<td>{html_name(text)}</td>"
+    numeric = column.kind in ("percent", "number", "bound") or _numeric(text)
+    return f"<td class='n'>{_e(text)}</td>" if numeric else f"<td>{_e(text)}</td>"
+
+
+def table_html(table: Table, heading: str = "h3", links: str = "") -> str:
+    """A report table as HTML: its title, ``links`` (HTML), the rows and the notes."""
+    head = "".join(f"<th>{_e(column.title)}</th>" for column in table.columns)
+    rows = "".join(
+        "<tr>" + "".join(_cell(column, text) for column, text in zip(table.columns, row)) + "</tr>" for row in table.display_rows
+    )
+    notes = "".join(f"<p class='note'>{_e(note)}</p>" for note in table.notes)
+    return f"<{heading}>{_e(table.title)}</{heading}>{links}<table><tr>{head}</tr>{rows}</table>{notes}"
+
+
+def portable_path(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
+    """``path`` as a report may show it: relative to ``root`` (default: the working directory)
+    when it lies below it, else its file name alone (never an absolute path of this machine)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(Path(root or Path.cwd()).resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def _distinct(values: Iterable[Any]) -> str:
     seen: list[str] = []
     for value in values:
@@ -56,13 +98,14 @@ def _distinct(values: Iterable[Any]) -> str:
     return ", ".join(seen) if seen else "-"
 
 
-def environment_rows(inputs: ReportInputs) -> list[tuple[str, str]]:
-    """(field, value) rows: versions, hardware and git commit of the training and evaluation runs."""
+def environment_rows(inputs: ReportInputs, root: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
+    """(field, value) rows: versions, hardware and git commit of the training and evaluation runs
+    (the profile's params file relative to ``root``, see :func:`portable_path`)."""
     profile = inputs.profile
     train_envs = [inputs.train[key].environment for key in inputs.keys()]
     eval_envs = [metrics.summary(key).environment for metrics in inputs.stages.values() for key in inputs.keys(metrics.dataset)]
     rows = [
-        ("profile", f"{profile.name} ({profile.path})"),
+        ("profile", f"{profile.name} ({portable_path(profile.path, root)})"),
         ("datasets", ", ".join(profile.datasets)),
         ("models", ", ".join(profile.models)),
         ("seeds", ", ".join(map(str, profile.seeds))),
@@ -133,6 +176,17 @@ def _figures_html(figures: Sequence[Path], root: Path) -> str:
     return "\n".join(parts)
 
 
+def _plots_html(plots: Sequence[Path], plots_page: Path | None, rel) -> str:
+    parts = ["<h2>Plots (<code>dvc plots</code>)</h2>"]
+    if plots_page is not None:
+        parts.append(
+            f"<p>{_link(rel(plots_page))}: the charts of <code>dvc plots show</code> (accuracy vs L2 eps per model, "
+            "test accuracy per epoch), interactive; vega, vega-lite and vega-embed are inlined, so it draws offline.</p>"
+        )
+    parts.append("<p>Data behind them:</p><ul>" + "".join(f"<li>{_link(rel(p))}</li>" for p in sorted(plots)) + "</ul>")
+    return "".join(parts)
+
+
 def render_index(
     inputs: ReportInputs,
     root: Path,
@@ -141,8 +195,11 @@ def render_index(
     plots: Sequence[Path],
     notebooks: Sequence[Path],
     leaderboard: Mapping[str, Path],
+    plots_page: Path | None = None,
+    cwd: Path | None = None,
 ) -> str:
-    """The HTML of ``index.html`` for a report whose files live under ``root``."""
+    """The HTML of ``index.html`` for a report whose files live under ``root`` (``cwd``: the
+    folder the profile's paths are relative to, see :func:`portable_path`)."""
     profile = inputs.profile
     rel = lambda path: Path(path).relative_to(root).as_posix()  # noqa: E731
     parts = [
@@ -152,7 +209,7 @@ def render_index(
         f"<h1>lipbench report: {_e(profile.name)} profile</h1>",
         "<p class='note'>Benchmark of 1-Lipschitz classifiers (Serrurier et al., CVPR 2021, hKR). Generated by "
         "<code>lipbench report</code> from the pipeline's outputs; rebuild with <code>dvc repro</code>.</p>",
-        "<h2>Leaderboard</h2><p>" + " | ".join(_link(rel(p), f"leaderboard.{k}") for k, p in leaderboard.items()) + "</p>",
+        "<h2>Leaderboard</h2><p>" + " | ".join(_link(rel(p), p.name) for p in leaderboard.values()) + "</p>",
         "<h2>Notebooks</h2><ul>" + "".join(f"<li>{_link(rel(p), p.stem)}</li>" for p in notebooks) + "</ul>",
         "<h2>Figures</h2>",
         _figures_html(figures, root),
@@ -160,13 +217,9 @@ def render_index(
     ]
     for table in tables:
         links = " | ".join(_link(f"tables/{table.name}.{s}", s.upper()) for s in ("md", "csv", "tex"))
-        titles = [column.title for column in table.columns]
-        parts += [f"<h3>{_e(table.title)}</h3><p>{links}</p>", _table(titles, table.display_rows, numeric_from=3)]
-        parts += [f"<p class='note'>{_e(note)}</p>" for note in table.notes]
-    parts.append(
-        "<h2>Data behind <code>dvc plots</code></h2><ul>" + "".join(f"<li>{_link(rel(p))}</li>" for p in sorted(plots)) + "</ul>"
-    )
-    parts += ["<h2>Environment</h2>", _table(("field", "value"), environment_rows(inputs))]
+        parts.append(table_html(table, links=f"<p>{links}</p>"))
+    parts.append(_plots_html(plots, plots_page, rel))
+    parts += ["<h2>Environment</h2>", _table(("field", "value"), environment_rows(inputs, cwd))]
     train_rows, stage_rows, model_rows = runtime_tables(inputs)
     parts += [
         "<h2>Runtimes</h2><h3>train (per model)</h3>",

@@ -5,6 +5,8 @@ Ranking, per dataset: verified entries before failed ones (never above), then ce
 accuracy at the headline eps on the certify stage's points (the larger set), then
 AutoAttack accuracy, then clean accuracy. The clean, certified, AutoAttack and all-attacks
 columns are measured on the same points (the attack stage's), named in the header.
+Method names: the paper's plain form in JSON and Markdown (``hKR_α^m``), sub- and
+superscripts in HTML (:func:`lipbench.report.labels.html_name`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from lipbench.entries import LeaderboardEntryError, accuracy_at, build_entry, validate_entry
 from lipbench.io import read_json, write_json_atomic, write_text_atomic
 from lipbench.report.inputs import ReportInputs
+from lipbench.report.labels import html_name
 
 __all__ = ["collect_entries", "rank", "write_leaderboard"]
 
@@ -151,20 +154,47 @@ def _html(ranked: Mapping[str, list[Mapping[str, Any]]], profile: str) -> str:
         parts.append("</tr>")
         for position, entry in enumerate(entries, start=1):
             failed = entry["verification"]["status"] != "verified"
-            cells = [cell.replace("**", "") for cell in _row(position, entry)]
+            cells = [html.escape(cell.replace("**", "")) for cell in _row(position, entry)]
+            cells[2] = html_name(entry["name"])  # the method column
             title = html.escape(entry["footnote"], quote=True)
             parts.append(f"<tr class='{'failed' if failed else 'ok'}' title='{title}'>")
-            parts += [f"<td>{html.escape(cell)}</td>" for cell in cells]
+            parts += [f"<td>{cell}</td>" for cell in cells]
             parts.append("</tr>")
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
+def scores(ranked: Mapping[str, list[Mapping[str, Any]]], seeds: int) -> dict[str, Any]:
+    """The few scalars a user compares between runs (``dvc metrics show``, ``dvc exp show``):
+    per dataset its headline eps and, per model, clean, certified, all-attacks and AutoAttack
+    accuracy at that eps (the same attack points), the Lipschitz bounds and the training
+    seconds. Models are named ``model`` (``model@seed<k>`` when the profile has several seeds)."""
+    result: dict[str, Any] = {}
+    for dataset, entries in ranked.items():
+        result[dataset] = {"eps": entries[0]["eps"]}
+        for entry in sorted(entries, key=lambda e: (e["model"], e["seed"])):
+            eps, lipschitz = entry["eps"], entry["lipschitz"]
+            name = entry["model"] if seeds == 1 else f"{entry['model']}@seed{entry['seed']}"
+            result[dataset][name] = {
+                "clean": entry["clean_acc"],
+                "certified": accuracy_at(entry["certified_acc"], eps),
+                "robust": accuracy_at(entry["robust_acc"], eps),
+                "autoattack": entry["autoattack_acc"],
+                "lipschitz_upper": lipschitz["upper_whole_map"],
+                "lipschitz_lower": lipschitz["lower_whole_map"],
+                "train_seconds": entry["train_seconds"],
+            }
+    return result
+
+
 def write_leaderboard(inputs: ReportInputs, out_dir: Path) -> dict[str, Path]:
-    """Write ``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.html`` into ``out_dir``."""
+    """Write ``leaderboard.json``, ``leaderboard.md``, ``leaderboard.html`` and ``scores.json``
+    (the scalars DVC shows as metrics) into ``out_dir``."""
     ranked = rank(collect_entries(inputs))
     paths = {kind: out_dir / f"leaderboard.{kind}" for kind in ("json", "md", "html")}
+    paths["scores"] = out_dir / "scores.json"
+    write_json_atomic(paths["scores"], scores(ranked, len(inputs.profile.seeds)))
     write_json_atomic(paths["json"], {"profile": inputs.profile.name, "datasets": ranked})
     write_text_atomic(paths["md"], _markdown(ranked, inputs.profile.name))
     write_text_atomic(paths["html"], _html(ranked, inputs.profile.name))

@@ -25,7 +25,7 @@ from lipbench.environment import environment_record
 from lipbench.io import write_json_atomic
 from lipbench.methods import get_method
 from lipbench.nn import export
-from lipbench.profiles import Profile
+from lipbench.profiles import Profile, ProfileError
 from lipbench.runs import Layout, RunKey
 from lipbench.summaries import Reference, TrainSummary, TrainTiming, write_summary
 from lipbench.train.artifacts import ModelMetadata, save_weights
@@ -33,6 +33,20 @@ from lipbench.train.config import TrainConfig, resolve_train_config
 from lipbench.train.loop import TrainingDivergedError, TrainResult, train_model
 
 __all__ = ["config_from_profile", "run_training"]
+
+
+def _model_params(profile: Profile, key: RunKey) -> dict:
+    """``train.<dataset>.<model>``. When it is missing, a model named after no registered
+    method is an unknown method (RegistryError listing the known ones); a registered one
+    needs its (possibly empty) section, which DVC requires too."""
+    section = profile.section("train", key.dataset)
+    if key.model not in section:
+        get_method(key.model)
+        raise ProfileError(
+            f"{profile.path}: train.{key.dataset}.{key.model} is missing; add `{key.model}: {{}}` under "
+            f"train.{key.dataset} (the method's defaults) or the model's parameters"
+        )
+    return profile.model_params(key.dataset, key.model)
 
 
 def config_from_profile(profile: Profile, key: RunKey) -> TrainConfig:
@@ -44,7 +58,7 @@ def config_from_profile(profile: Profile, key: RunKey) -> TrainConfig:
     return resolve_train_config(
         key.dataset,
         key.model,
-        profile.model_params(key.dataset, key.model),
+        _model_params(profile, key),
         profile.recipe(key.dataset),
         key.seed,
         info.input_shape,

@@ -10,16 +10,19 @@
 # %% [markdown]
 # # Adversarial examples and saliency maps (paper Fig. 5 and 6)
 #
-# **Adversarial examples.** For each model, the minimal adversarial example found by
-# C&W (DeepFool where C&W found none) for the same test inputs, with its $\ell_2$
-# distance to the input. The last row is the hKR transport counterfactual
-# $x - 2 f(x) \nabla f(x)$ (binary: $f$ is the logit; multiclass: the predicted
-# class's logit and its gradient): for an hKR network $\|\nabla f\| = 1$ almost
+# **Adversarial examples.** For each model and test input, the closest verified adversarial
+# example any attack found (the minimal attacks' examples and the eps-ball attacks' examples
+# at every eps), captioned with the attack and its ℓ₂ distance to the input. A hatched
+# cell marks an input no attack broke ("not broken (all attacks)") or one the model already
+# misclassifies ("misclassified"). The last row is the hKR transport counterfactual
+# x − 2 *f*(x) ∇*f*(x) (binary: *f* is the logit; multiclass: the predicted
+# class's logit and its gradient): for an hKR network ‖∇*f*‖ = 1 almost
 # everywhere and this step follows the optimal transport plan to the other class, so
 # the image changes semantically, whereas unconstrained networks are fooled by noise.
 #
-# **Saliency maps.** The input gradient of the predicted logit, normalised per image,
-# for hKR and the unconstrained models: hKR gradients are interpretable.
+# **Saliency maps.** The input gradient of the predicted logit, divided by its largest
+# absolute value per image (colour bar: red positive, blue negative; colour images per
+# channel, grey), for hKR and the unconstrained models: hKR gradients are interpretable.
 #
 # Only image datasets get these figures; others are skipped below.
 
@@ -43,7 +46,7 @@ for dataset in profile.datasets:
 # %%
 for dataset in image_datasets:
     rows, bounds = images.adversarial_rows(inputs, dataset)
-    fig = images.image_grid_figure(f"{dataset}: minimal adversarial examples and the hKR transport", rows, bounds)
+    fig = images.image_grid_figure(f"{dataset}: closest adversarial examples (all attacks) and the hKR transport", rows, bounds)
     plotting.show(plotting.save_figure(fig, figures, f"adversarial_{dataset}"))
 
 # %%

@@ -8,7 +8,7 @@
 # ---
 
 # %% [markdown]
-# # Accuracy vs $\ell_2$ perturbation (paper Fig. 3 and 4, Table 1)
+# # Accuracy vs ℓ₂ perturbation (paper Fig. 3 and 4, Table 1)
 #
 # For each dataset and model: certified accuracy (a continuous curve from the
 # certified radii), DeepFool accuracy (continuous, from the minimal adversarial norms),
@@ -22,10 +22,11 @@
 import os
 from pathlib import Path
 
-from IPython.display import Markdown, display
+from IPython.display import HTML, display
 
 from lipbench.profiles import load_profile
 from lipbench.report import plotting, tables
+from lipbench.report.index import table_html
 from lipbench.report.inputs import read_inputs
 
 profile = load_profile(os.environ.get("LIPBENCH_PARAMS", "params.yaml"))
@@ -42,4 +43,4 @@ for dataset in profile.datasets:
     plotting.show(plotting.save_figure(fig, figures, f"robustness_{dataset}"))
     fig = plotting.deepfool_figure(f"{dataset}: DeepFool and certified accuracy", curves, colors)
     plotting.show(plotting.save_figure(fig, figures, f"deepfool_{dataset}"))
-    display(Markdown(tables.robustness_table(inputs, dataset).markdown()))
+    display(HTML(table_html(tables.robustness_table(inputs, dataset))))

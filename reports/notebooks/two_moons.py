@@ -10,13 +10,13 @@
 # %% [markdown]
 # # Two moons: vanilla KR vs hKR (paper Fig. 1 and 2)
 #
-# The level sets of the learned function $f$ on the two-moons problem, with the test
+# The level sets of the learned function *f* on the two-moons problem, with the test
 # points, for a 1-Lipschitz network trained with the vanilla Kantorovich-Rubinstein
 # loss (KR) and with the hinge-regularised loss (hKR). KR alone maximises the mean
 # separation of the classes and may misclassify many points; the hinge term moves the
-# boundary $f = 0$ between the classes. The histograms show $f$ on each class.
+# boundary *f* = 0 between the classes. The histograms show *f* on each class.
 #
-# Read from the pipeline only: `certify.npz` (logits, grid of $f$) and the prepared test points.
+# Read from the pipeline only: `certify.npz` (logits, grid of *f*) and the prepared test points.
 
 # %%
 import os

@@ -291,3 +291,33 @@ def test_attack_precision_and_compile_are_checked_and_change_only_the_attack_set
         profile = load_profile(_with_common(write_params(tmp_path), **common))
         with pytest.raises(ProfileError, match=message):
             evaluation_settings(profile, "digits")
+
+
+def test_a_stage_reports_each_model_as_it_finishes_when_not_on_a_terminal(trained, capsys):
+    """No terminal (DVC's log, CI): one line per computed model; reused models are silent."""
+    profile = load_profile(trained)
+    layout = Layout.of(profile)
+    for key in (RunKey("digits", "hkr", 0), RunKey("digits", "standard", 0)):
+        shutil.rmtree(layout.reuse_dir("certify", key), ignore_errors=True)
+    capsys.readouterr()
+    run_stage(profile, "certify", "digits", progress=True)  # pytest's stderr is not a terminal
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lipbench certify:")]
+    assert [line.split(" done in ")[0] for line in lines] == [
+        "lipbench certify: digits/hkr/seed0",
+        "lipbench certify: digits/standard/seed0",
+    ]
+    run_stage(profile, "certify", "digits", progress=True)
+    assert "done in" not in capsys.readouterr().err
+
+
+def test_unchanged_models_are_copied_back_after_dvc_removed_the_stage_outputs(trained):
+    """DVC deletes a stage's outputs before rerunning it (no `persist`): models whose inputs
+    did not change come back byte-identical from the kept copies, without recomputation."""
+    profile = load_profile(trained)
+    layout = Layout.of(profile)
+    run_stage(profile, "certify", "digits", progress=False)
+    key = RunKey("digits", "hkr", 0)
+    before = layout.stage_arrays("certify", key).read_bytes()
+    shutil.rmtree(layout.stage_dataset_dir("certify", "digits"))
+    again = run_stage(profile, "certify", "digits", progress=False)
+    assert again.recomputed == [] and layout.stage_arrays("certify", key).read_bytes() == before

@@ -25,6 +25,9 @@ def entry(name: str, certified: float, autoattack: float, status: str = "verifie
         "clean_acc": 0.97,
         "test_acc": 0.975,
         "autoattack_acc": autoattack,
+        "reported": None,
+        "number_forward_passes": 1,
+        "unreliable": status != "verified",
         "additional_data": False,
         "footnote": "" if status == "verified" else "FAILED verification",
         "model": name,
@@ -62,6 +65,9 @@ def test_a_valid_entry_passes():
         (lambda e: e.update(extra_field=1), "the entry"),
         (lambda e: e.update(parameter_count=3.5), "parameter_count"),
         (lambda e: e["points"].pop("attacked"), "points"),
+        (lambda e: e.update(reported="98.5"), "reported"),
+        (lambda e: e.update(number_forward_passes=0), "number_forward_passes"),
+        (lambda e: e.update(unreliable="no"), "unreliable"),
     ],
 )
 def test_invalid_entries_are_rejected_naming_the_field(change, field):

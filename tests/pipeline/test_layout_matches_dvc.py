@@ -53,25 +53,46 @@ def test_declared_outputs_and_commands_are_the_layout_paths(stages):
         outs = {_relative(out.fs_path) for out in stage.outs}
         deps = {_relative(dep.fs_path) for dep in stage.deps}
         dataset = options.get("dataset")
-        if name == "prepare":
-            assert outs == {str(layout.prepared(dataset))}
+        if name == "validate":
+            assert outs == {str(layout.validated())} and options["out"] == str(layout.validated())
+        elif name == "prepare":
+            assert outs == {str(layout.prepared(dataset))} and str(layout.validated()) in deps
         elif name == "train":
             key = RunKey(dataset, options["model"], int(options["seed"]))
-            expected = {layout.weights(key), layout.checkpoint(key), layout.train_summary(key), layout.train_history(key)}
+            expected = {layout.weights(key), layout.train_history(key)}  # no checkpoint; metrics.json undeclared
             assert outs == {str(path) for path in expected}, stage.name
+            assert layout.train_summary(key).parent == layout.train_history(key).parent
             assert (options["out"], options["metrics"]) == (str(layout.model_dir(key)), str(layout.train_metrics_dir(key)))
             assert str(layout.prepared(dataset)) in deps
         elif name in EVALUATION_STAGES:
-            assert outs == {str(layout.stage_dataset_dir(name, dataset)), str(layout.stage_metrics(name, dataset))}
+            assert outs == {str(layout.stage_dataset_dir(name, dataset))}  # the git-tracked record is undeclared
             upstream = EVALUATION_STAGES[: EVALUATION_STAGES.index(name)]
             assert {str(layout.stage_dataset_dir(u, dataset)) for u in upstream} <= deps, stage.name
             assert str(layout.model_dir(RunKey(dataset, "x", 0)).parent.parent) in deps  # every model of the dataset
         else:
             assert name == "report"
             assert all(Path(out).is_relative_to(layout.reports) for out in outs)
-            assert {str(layout.stage_dataset_dir(s, "x").parent) for s in ("certify", "attack")} <= deps
+            assert {_relative(out.fs_path) for out in stage.outs if out.metric} == {str(layout.scores)}
+            assert {str(layout.stage_dataset_dir(s, "x").parent) for s in ("certify", "attack", "verify")} <= deps
+            # the records the stages write undeclared reach the report through this dependency
+            assert str(layout.stage_metrics("certify", "x").parent.parent) in deps
         checked.add(name)
-    assert checked == {"prepare", "train", "certify", "attack", "verify", "report"}
+    assert checked == {"validate", "prepare", "train", "certify", "attack", "verify", "report"}
+
+
+def test_every_stage_but_the_report_can_be_restored_from_the_run_cache(stages):
+    """DVC's run-cache skips stages with persistent outputs and stages with uncached outputs
+    other than metrics and plots (dvc/stage/__init__.py, Stage.run); checkpoints are not
+    outputs; only the scores are DVC metrics."""
+    for stage in stages:
+        if stage.name != "report":
+            assert stage.cmd and stage.deps and stage.outs, stage.name
+            assert not any(out.persist for out in stage.outs), stage.name
+            assert all(out.use_cache or out.is_metric or out.is_plot for out in stage.outs), stage.name
+        for out in stage.outs:
+            assert not (out.persist and out.use_cache), f"{stage.name}: {out} is cached and persistent"
+            assert not out.def_path.endswith("checkpoint.pt"), stage.name
+            assert not out.metric or out.def_path.endswith("scores.json"), f"{stage.name}: {out} is a DVC metric"
 
 
 def test_the_report_reads_the_prepared_manifest_under_its_real_name():

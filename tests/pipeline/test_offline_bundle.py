@@ -184,7 +184,7 @@ def test_the_plan_of_the_real_pipelines_prepares_then_trains_then_evaluates_with
     stages = bundle.plan_stages(listings)
     kinds = [stage["name"].split(":")[1].split("@")[0] for stage in stages]
     methods = ["adv", "lip1_log", "gnp_log", "gnp_hin", "hkr", "hkr_m2_12"]  # the paper profile's
-    assert kinds == ["prepare"] + ["train"] * len(methods) + ["certify", "attack", "verify"]  # once each
+    assert kinds == ["validate", "prepare"] + ["train"] * len(methods) + ["certify", "attack", "verify"]  # once each
     assert {stage["name"].split("@")[1] for stage in stages if "train@" in stage["name"]} == {f"mnist-{m}-0" for m in methods}
     assert all(
         stage["cmd"].startswith("lipbench ") and "--params pipelines/paper/params.yaml" in stage["cmd"] for stage in stages

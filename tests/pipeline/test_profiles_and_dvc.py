@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -101,4 +102,71 @@ def test_dvc_repro_runs_a_tiny_profile_in_a_copy_of_the_repository(tmp_path):
     assert second.returncode == 0 and "Data and pipelines are up to date" in second.stdout
     assert _outputs(tmp_path) == before  # nothing re-ran: every output is the same file, untouched
     metrics = subprocess.run([*dvc, "metrics", "show", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert "test_accuracy" in metrics.stdout
+    (shown,) = (result["data"] for result in json.loads(metrics.stdout).values())  # one revision: the workspace
+    # DVC metrics: the scalars a user compares (one file per profile), nothing else
+    assert sorted(shown) == [f"reports/{profile}/scores.json" for profile in ("mnist", "paper", "quick")]
+    assert set(shown["reports/quick/scores.json"]["data"]["moons"]["hkr"]) == {
+        "clean", "certified", "robust", "autoattack", "lipschitz_upper", "lipschitz_lower", "train_seconds",
+    }  # fmt: skip
+    _a_clone_with_the_cache_reruns_nothing(tmp_path, dvc, env)
+
+
+def _a_clone_with_the_cache_reruns_nothing(origin: Path, dvc: list[str], env: dict[str, str]) -> None:
+    """Commit the run, clone it, copy DVC's cache: ``dvc repro`` restores every stage from the
+    run-cache (no stage runs) and leaves ``git status`` clean."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=origin, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", "run"], cwd=origin, check=True, capture_output=True)
+    clone = origin.parent / f"{origin.name}-clone"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    shutil.copytree(origin / ".dvc" / "cache", clone / ".dvc" / "cache")
+    restored = subprocess.run([*dvc, "repro"], cwd=clone, env=env, capture_output=True, text=True)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "Running stage" not in restored.stdout, restored.stdout
+    assert (clone / "data/quick/models/moons/hkr/seed0/weights.safetensors").is_file()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
+    assert status.stdout == "", status.stdout
+
+
+def test_a_typo_in_the_models_is_lipbench_s_error_before_dvc_s(tmp_path):
+    """``validate`` runs first: an unknown model is named with the known methods, before DVC
+    reaches the training stage it would stop at with "Parameters ... are missing"."""
+    _copy_repository(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["models"] = ["hrk", "hkr"]
+    params["datasets"] = ["moons"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "dvc.lock").unlink(missing_ok=True)
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "repro"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "lipbench validate: error: unknown method 'hrk'; known methods: adv, gnp_hin" in output
+    assert "are missing" not in output and "Running stage 'prepare" not in output
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.update(models=["hrk", "hkr"]), "unknown method 'hrk'; known methods: adv"),
+        (lambda p: p["train"]["moons"].pop("kr"), "train.moons.kr is missing; add `kr: {}` under train.moons"),
+        (lambda p: p["train"]["digits"]["hkr"].update(alpha="big"), "parameter alpha must be a number"),
+        (lambda p: p["evaluate"]["digits"].update(attacks=["fgsm"]), "unknown attack 'fgsm'"),
+    ],
+)
+def test_validate_names_the_first_problem_of_a_profile(tmp_path, capsys, change, message):
+    from lipbench.cli.main import main
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = tmp_path / "validated.json"
+    assert main(["validate", "--params", str(path), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["validate", "--params", str(REPO / "params.yaml"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"profile": "quick", "valid": True}

@@ -61,6 +61,15 @@ def test_summaries_of_different_runs_are_refused(summaries: dict) -> None:
         build_entry("fixture", _description(), summaries["certify"], summaries["attack"], other)
 
 
+def test_robustbench_fields_are_numbers_and_flags(summaries: dict) -> None:
+    entry = build_entry("fixture", _description(), summaries["certify"], summaries["attack"], summaries["verify"], reported=0.97)
+    assert (entry["reported"], entry["number_forward_passes"], entry["unreliable"]) == (0.97, 1, False)
+    failed = dataclasses.replace(summaries["verify"], status="failed", failures=["x"])
+    assert build_entry("fixture", _description(), summaries["certify"], summaries["attack"], failed)["unreliable"]
+    assert _entry(summaries, precision="bf16")["unreliable"]  # weaker attacks may overestimate robustness
+    assert _entry(summaries)["reported"] is None
+
+
 def test_attack_precision_is_recorded_and_bf16_is_footnoted(summaries: dict) -> None:
     fp32 = _entry(summaries, precision="fp32", compiled=False)
     bf16 = _entry(summaries, precision="bf16", compiled=True)

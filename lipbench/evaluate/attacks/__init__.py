@@ -17,7 +17,7 @@ from lipbench.evaluate.attacks.base import (
 )
 
 # Built-in attacks register themselves on import: the explicit list of modules.
-from lipbench.evaluate.attacks import foolbox_attacks, autoattack_adapter  # noqa: F401  isort: skip
+from lipbench.evaluate.attacks import foolbox_attacks, carlini_wagner, autoattack_adapter  # noqa: F401  isort: skip
 from lipbench.evaluate.attacks.autoattack_adapter import load_autoattack
 from lipbench.evaluate.attacks.protocol import (
     DEFAULT_ATTACKS,

@@ -1,4 +1,4 @@
-"""The paper's foolbox 3 attacks, all L2: FGM, PGD, Carlini-Wagner and DeepFool.
+"""The paper's foolbox 3 attacks, all L2: FGM, PGD and DeepFool (Carlini-Wagner: ``carlini_wagner``).
 
 The paper's "FGSM" is the L2 fast gradient method, ``foolbox.attacks.FGM``
 (``L2FastGradientAttack``); foolbox's ``FGSM`` is the L-inf sign method and is not used.
@@ -190,46 +190,6 @@ def pgd_l2(
     )
     result = _run_eps_attack("pgd_l2", attack, target, x, y, epsilons, batch_size, options["seed"], progress)
     result.info = {"library": "foolbox", "foolbox_version": fb.__version__, "foolbox_attack": "L2PGD", "options": options}
-    return result
-
-
-@register_attack(
-    "cw_l2",
-    minimal=True,
-    defaults={
-        "binary_search_steps": 9,
-        "steps": 10000,
-        "stepsize": 0.01,
-        "confidence": 0.0,
-        "initial_const": 0.001,
-        "abort_early": True,
-    },
-    validate=_validator(
-        "cw_l2",
-        {"binary_search_steps": 1, "steps": 1},
-        {"stepsize": 0.0, "confidence": 0.0, "initial_const": 0.0},
-        ("abort_early",),
-    ),
-)
-def cw_l2(
-    target: Target,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    epsilons: list[float],
-    *,
-    batch_size: int,
-    options: dict[str, Any],
-    progress: bool = False,
-) -> AttackResult:
-    """Carlini-Wagner L2 (minimal perturbation; success per eps derived from its norm)."""
-    attack = fb.attacks.L2CarliniWagnerAttack(**options)
-    result = _run_minimal_attack("cw_l2", attack, target, x, y, epsilons, batch_size, progress)
-    result.info = {
-        "library": "foolbox",
-        "foolbox_version": fb.__version__,
-        "foolbox_attack": "L2CarliniWagnerAttack",
-        "options": options,
-    }
     return result
 
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lipbench.evaluate.attacks.base import (
     ATTACKS,
@@ -52,6 +53,7 @@ from lipbench.evaluate.attacks.base import (
     validate_inputs,
 )
 from lipbench.evaluate.attacks.suite_result import SuiteResult
+from lipbench.progress import tqdm_disable
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +182,9 @@ def _run_unit_box(
             precision=precision,
             compiled=compile_model,
         )
-        for spec, opts in specs:
+        bar = tqdm(specs, desc="attacks", disable=tqdm_disable(progress), leave=False)
+        for spec, opts in bar:
+            bar.set_postfix_str(spec.name)
             start = time.perf_counter()
             if spec.minimal:
                 _run_minimal(result, spec, opts, target, x, y, batch_size, progress)
