@@ -7,6 +7,7 @@ unconstrained twin); ``export`` turns a constrained model into plain ``nn.Linear
 
 from lipbench.nn import functional
 from lipbench.nn.bounds import (
+    CertifiedBlock,
     LayerBound,
     LipschitzUpperBound,
     conv2d_operator_norm_bound,
@@ -42,6 +43,7 @@ __all__ = [
     "export",
     "unconstrained_twin",
     "check_finite",
+    "CertifiedBlock",
     "LayerBound",
     "LipschitzUpperBound",
     "lipschitz_upper_bound",

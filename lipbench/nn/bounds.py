@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ from lipbench.nn.export import check_finite, export
 from lipbench.nn.layers import FullSort, GlobalL2NormPool2d, GroupSort, GroupSort2, L2NormPool2d
 
 __all__ = [
+    "CertifiedBlock",
     "LayerBound",
     "LipschitzUpperBound",
     "lipschitz_upper_bound",
@@ -200,8 +202,20 @@ def _pool_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> t
     return None
 
 
+@runtime_checkable
+class CertifiedBlock(Protocol):
+    """A module that certifies its own strict L2 Lipschitz bound (e.g. a residual block whose
+    exported weights satisfy a checked condition): ``lipschitz_bound(input_shape)`` returns
+    ``(bound, method)``, strict for inputs of ``input_shape`` (no batch dimension), computed
+    from the module's current weights; the chain treats the block as one link."""
+
+    def lipschitz_bound(self, input_shape: tuple[int, ...]) -> tuple[float, str]: ...
+
+
 def _leaf_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, str]:
     """Bound and method for one leaf module acting on inputs of ``input_shape`` (no batch)."""
+    if isinstance(module, CertifiedBlock):
+        return module.lipschitz_bound(tuple(input_shape))
     if isinstance(module, nn.Linear):
         return dense_operator_norm(module.weight), "svd"
     if isinstance(module, nn.Conv2d):
@@ -244,7 +258,10 @@ def _leaf_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> t
 
 
 def _chain(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """The leaves of a (nested) ``nn.Sequential`` in order; other containers are refused."""
+    """The leaves of a (nested) ``nn.Sequential`` in order (a :class:`CertifiedBlock` is one
+    leaf); other containers are refused."""
+    if isinstance(module, CertifiedBlock):
+        return [(prefix.rstrip("."), module)]
     if isinstance(module, nn.Sequential):
         leaves = []
         for name, child in module.named_children():

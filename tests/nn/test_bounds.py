@@ -217,3 +217,27 @@ def test_bounds_refuse_models_that_are_not_chains():
         lnn.lipschitz_upper_bound(nn.Sequential(Residual()), (3,))
     with pytest.raises(ValueError, match="groups=1"):
         lnn.lipschitz_upper_bound(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), (4, 6, 6))
+
+
+def test_a_certified_block_is_one_link_of_the_chain_with_its_own_bound():
+    class Residual(nn.Module):
+        """x + 0.5 * tanh(W x): Lipschitz <= 1 + 0.5 ||W||, which it certifies itself."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(4, 4, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 0.5 * torch.tanh(self.inner(x))
+
+        def lipschitz_bound(self, input_shape: tuple[int, ...]) -> tuple[float, str]:
+            return 1 + 0.5 * lnn.dense_operator_norm(self.inner.weight), "triangle"
+
+    torch.manual_seed(0)
+    block, head = Residual(), nn.Linear(4, 2)
+    bound = lnn.lipschitz_upper_bound(nn.Sequential(block, head), (4,))
+    assert isinstance(block, lnn.CertifiedBlock) and [layer.layer_type for layer in bound.layers] == ["Residual", "Linear"]
+    expected = (1 + 0.5 * lnn.dense_operator_norm(block.inner.weight)) * lnn.dense_operator_norm(head.weight)
+    assert bound.whole_map == pytest.approx(expected) and bound.layers[0].method == "triangle"
+    with pytest.raises(ValueError, match="with sub-modules"):  # without the certificate: refused
+        lnn.lipschitz_upper_bound(nn.Sequential(nn.Sequential(head), nn.ModuleList([head])), (4,))
