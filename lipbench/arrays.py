@@ -53,8 +53,11 @@ def _take(arrays: dict[str, np.ndarray], name: str, path: str | Path) -> np.ndar
 class CertifyArrays:
     """Certify stage, per point (first ``N`` test points): radius, correctness, labels, the
     predicted class (the decision rule of :func:`lipbench.nn.certificates.predictions`),
-    logits, and input gradients of the first ``G`` points; for 2-D inputs, the logits on a
-    grid (``grid_x``, ``grid_y``, ``grid_values``) for level-set figures."""
+    logits, input gradients of the first ``G`` points, and ``certificate`` (int8: the
+    certificate each radius comes from, an index of
+    :data:`lipbench.nn.certificates.CERTIFICATE_KINDS`: 0 whole map, 1 per logit, 2 pairwise);
+    for 2-D inputs, the logits on a grid (``grid_x``, ``grid_y``, ``grid_values``) for
+    level-set figures."""
 
     radius: np.ndarray
     correct: np.ndarray
@@ -65,6 +68,7 @@ class CertifyArrays:
     epsilons: np.ndarray
     whole_map_lipschitz: np.ndarray
     per_logit_lipschitz: np.ndarray
+    certificate: np.ndarray
     grid_x: np.ndarray | None = None
     grid_y: np.ndarray | None = None
     grid_values: np.ndarray | None = None

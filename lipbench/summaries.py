@@ -137,12 +137,16 @@ class LayerBoundRecord(Record):
 
 @dataclass(frozen=True)
 class UpperBoundRecord(Record):
-    """Strict Lipschitz upper bounds of the logit map (whole map and per logit)."""
+    """Strict Lipschitz upper bounds of the logit map (whole map and per logit); for a chain
+    ending in a dense layer, ``prefix`` (the bound of the chain before it) and ``pairwise``
+    (``[i][j]``: the bound of the logit difference ``f_i - f_j``), else ``None``."""
 
     whole_map: float
     per_logit: list[float]
     max_per_logit: float
     layers: list[LayerBoundRecord] = field(default_factory=list)
+    prefix: float | None = None
+    pairwise: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,9 @@ class LowerBoundRecord(Record):
 
 @dataclass(frozen=True)
 class CertifySummary(_Keyed):
-    """One model's certify stage: certified accuracy on the first ``points`` test points."""
+    """One model's certify stage: certified accuracy on the first ``points`` test points;
+    ``certificate_counts``: how many of them each certificate (whole_map, per_logit,
+    pairwise) decided."""
 
     stage: ClassVar[str] = "certify"
     dataset: str
@@ -172,6 +178,7 @@ class CertifySummary(_Keyed):
     median_certified_radius_correct: float
     lipschitz_upper_bound: UpperBoundRecord
     parameter_count: int
+    certificate_counts: dict[str, int]
     seconds: float = 0.0
     environment: dict[str, Any] = field(default_factory=dict)
     external: str | None = None

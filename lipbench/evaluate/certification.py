@@ -13,7 +13,7 @@ from torch import nn
 from lipbench.arrays import CertifyArrays
 from lipbench.curves import certified_accuracy_curve
 from lipbench.nn import LipschitzUpperBound, lipschitz_upper_bound
-from lipbench.nn.certificates import certified_radius, predictions
+from lipbench.nn.certificates import CERTIFICATE_KINDS, certified_radius_and_kind, predictions
 from lipbench.runs import RunKey
 from lipbench.summaries import CertifySummary, UpperBoundRecord
 
@@ -32,12 +32,19 @@ class Certification:
     predictions: np.ndarray
     logits: np.ndarray
     gradients: np.ndarray
+    #: Per point, the certificate its radius comes from (an index of ``CERTIFICATE_KINDS``).
+    certificate: np.ndarray
     #: For 2-D inputs (two-moons): the logits on a regular grid around the data, for level sets.
     grid: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def certified_accuracy(self) -> list[float]:
         return certified_accuracy_curve(self.radius, self.correct, self.epsilons).tolist()
+
+    @property
+    def certificate_counts(self) -> dict[str, int]:
+        """How many points each certificate decided (every kind, 0 included)."""
+        return {name: int((self.certificate == code).sum()) for code, name in enumerate(CERTIFICATE_KINDS)}
 
     def arrays(self) -> CertifyArrays:
         return CertifyArrays(
@@ -50,6 +57,7 @@ class Certification:
             epsilons=np.asarray(self.epsilons, dtype=np.float64),
             whole_map_lipschitz=np.asarray(self.upper.whole_map),
             per_logit_lipschitz=np.asarray(self.upper.per_logit),
+            certificate=np.asarray(self.certificate, dtype=np.int8),
             grid_x=self.grid.get("x"),
             grid_y=self.grid.get("y"),
             grid_values=self.grid.get("values"),
@@ -69,6 +77,7 @@ class Certification:
             median_certified_radius_correct=float(np.median(self.radius[self.correct])) if self.correct.any() else 0.0,
             lipschitz_upper_bound=UpperBoundRecord.from_json(self.upper.as_dict(), "certificate"),
             parameter_count=parameter_count,
+            certificate_counts=self.certificate_counts,
         )
 
 
@@ -97,8 +106,9 @@ def certify_model(
 ) -> Certification:
     """Certify ``model`` (a plain exported model in eval mode) on ``(x, y)``.
 
-    The radius uses both strict bounds (whole map and per logit) and keeps the larger
-    valid certificate.
+    The radius uses every strict bound (whole map, per logit and, when the model ends in a
+    dense layer, the pairwise logit-difference bounds) and keeps the largest valid
+    certificate; ``certificate`` records which one each point used.
     """
     for eps in epsilons:
         if not (np.isfinite(eps) and eps >= 0):
@@ -107,7 +117,7 @@ def certify_model(
     y = y.detach().cpu()
     device = next(model.parameters()).device
     logits = torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
-    radius = certified_radius(logits, upper.whole_map, upper.max_per_logit)
+    radius, kind = certified_radius_and_kind(logits, upper.whole_map, upper.max_per_logit, upper.pairwise)
     predicted = predictions(logits)
     correct = predicted == y
     gradients = input_gradients(model, x[:gradient_points].to(device)).cpu()
@@ -121,6 +131,7 @@ def certify_model(
         predictions=predicted.numpy(),
         logits=logits.numpy(),
         gradients=gradients.numpy(),
+        certificate=kind.cpu().numpy(),
         grid=grid,
     )
 

@@ -13,7 +13,12 @@ model, the point and the numbers):
    is one): a verified adversarial example closer than the certified radius beats it;
 4. :func:`check_robust_vs_certified`: robust accuracy under attack below certified accuracy;
 5. :func:`audit_certificates`: PGD restricted to ``0.999 *`` the certified radius of each
-   audited certified point must not change its class.
+   audited certified point must not change its class;
+6. :func:`check_pairwise_bounds`: every recorded pairwise bound ``c_ij`` (the Lipschitz
+   constant of the logit difference ``f_i - f_j`` that the pairwise certificate divides by)
+   against the gradient norm of that difference, for the pairs ``(top, j)`` at each audited
+   point and along gradient-norm ascent for its top two (recorded under
+   ``certificate_audit["pairwise_bounds"]``).
 
 There is no switch that turns the gate off. Unconstrained models go through the same
 checks with their (large, but strict) bound.
@@ -30,8 +35,9 @@ import torch
 from torch import nn
 
 from lipbench.arrays import AttackArrays, CertifyArrays
-from lipbench.nn import lipschitz_lower_bound, pair_quotients
+from lipbench.nn import input_jacobian, lipschitz_lower_bound, pair_quotients
 from lipbench.nn.certificates import predictions
+from lipbench.nn.lower_bound import logit_difference_ascent
 from lipbench.runs import RunKey
 from lipbench.summaries import AttackSummary, LayerBoundRecord, LayerCheck, LowerBoundRecord, UpperBoundRecord, VerifySummary
 
@@ -45,6 +51,7 @@ __all__ = [
     "check_minimal_attacks",
     "check_robust_vs_certified",
     "audit_certificates",
+    "check_pairwise_bounds",
 ]
 
 TOLERANCE = 1e-4
@@ -275,6 +282,49 @@ def _audit(
     return record, failures
 
 
+def _pairwise_rates(model: nn.Module, x: torch.Tensor, ascent_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top class of each point and, per point and class ``j``, the largest gradient norm of
+    ``f_top - f_j`` found (at the point; for the runner-up also along gradient-norm ascent)."""
+    tops, rates = [], []
+    for batch in x.split(256):
+        with torch.no_grad():
+            top2 = model(batch).topk(2, dim=1).indices
+        jacobian = input_jacobian(model, batch).double()  # (N, K, D)
+        top_rows = jacobian.gather(1, top2[:, :1, None].expand(-1, 1, jacobian.shape[2]))
+        rate = torch.linalg.vector_norm(top_rows - jacobian, dim=2)
+        ascent = logit_difference_ascent(model, batch, top2[:, 0], top2[:, 1], steps=ascent_steps).double()
+        tops.append(top2[:, 0].cpu())
+        rates.append(rate.scatter_reduce(1, top2[:, 1:], ascent[:, None], reduce="amax").cpu())
+    return torch.cat(tops), torch.cat(rates)
+
+
+def check_pairwise_bounds(
+    label: str, model: nn.Module, x: torch.Tensor, upper: UpperBoundRecord, options: VerifyOptions
+) -> tuple[dict[str, Any], list[str]]:
+    """Check 6: no logit difference ``f_top - f_j`` moves faster than its recorded pairwise
+    bound (tolerance ``1 + 1e-4``) at the first ``audit_points`` points or along ascent."""
+    if upper.pairwise is None or len(upper.pairwise) < 2:
+        return {"pairs": 0}, []
+    points = x[: max(options.audit_points, 1)]
+    top, rates = _pairwise_rates(model, points, options.ascent_steps)
+    bounds = torch.tensor(upper.pairwise, dtype=torch.float64)[top]  # (N, K): c_{top, j}
+    others = torch.ones_like(rates, dtype=torch.bool).scatter(1, top[:, None], False)
+    ratio = torch.where(others & (bounds > 0), rates / bounds.clamp_min(1e-300), 0.0)
+    record = {
+        "points": len(points),
+        "pairs": int(others.sum()),
+        "max_rate_over_bound": float(ratio.max()),
+        "beaten": int((others & (rates > bounds * _LIMIT)).sum()),
+    }
+    failures = [
+        f"{label}: the logit difference f_{int(top[point])} - f_{j} (pair ({int(top[point])}, {j})) has gradient norm "
+        f"{float(rates[point, j]):.6g} at or near test point {point}, above its certified pairwise bound "
+        f"{float(bounds[point, j]):.6g}"
+        for point, j in (others & (rates > bounds * _LIMIT)).nonzero().tolist()[:5]
+    ]
+    return record, failures
+
+
 def verify_model(
     label: str,
     model: nn.Module,
@@ -292,7 +342,9 @@ def verify_model(
     layers, layer_failures = check_layer_bounds(label, model, upper.layers, options.layer_power_iterations)
     minimal, minimal_failures = check_minimal_attacks(label, certificates, attacks)
     audit, audit_failures = _audit(label, model, x, certificates, bounds, options)
+    audit["pairwise_bounds"], pairwise_failures = check_pairwise_bounds(label, model, x, upper, options)
     failures += layer_failures + minimal_failures + check_robust_vs_certified(label, attack_summary) + audit_failures
+    failures += pairwise_failures
     if not math.isfinite(upper.whole_map):
         failures.append(f"{label}: the recorded upper bound is not finite ({upper.whole_map})")
     return Verification(label, upper, lower, layers, audit, minimal, failures)

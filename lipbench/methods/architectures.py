@@ -86,6 +86,25 @@ ARCHITECTURES: dict[str, Architecture] = {
             "CelebA 128x128 binary CNN: five conv/pool stages then dense 256; the paper's appendix is not "
             "available to us, so widths are our choice.",
         ),
+        Architecture(
+            "eurosat_cnn",
+            (
+                Conv(32),
+                Conv(32),
+                Pool(2),
+                Conv(64),
+                Conv(64),
+                Pool(2),
+                Conv(128),
+                Conv(128),
+                Pool(2),
+                Conv(128),
+                Pool(2),
+                Dense(256),
+            ),
+            "EuroSAT 64x64x3 CNN (not in the paper): the CIFAR-10 VGG-like CNN with a fourth conv/pool stage for "
+            "the twice larger side (64 -> 4x4x128 before dense 256); widths are our choice.",
+        ),
     )
 }
 
@@ -95,7 +114,9 @@ _DEFAULT_ARCHITECTURES = {
     "mnist": "mnist_cnn",
     "fashion_mnist": "mnist_cnn",
     "cifar10": "cifar10_cnn",
+    "cifar100": "cifar10_cnn",
     "celeba_eyeglasses": "celeba_cnn",
+    "eurosat": "eurosat_cnn",
 }
 
 
@@ -126,7 +147,7 @@ def _lipschitz_conv(correction: str) -> Callable[[int, int, int, int, str, tuple
             stride,
             padding,
             correction=correction,
-            input_size=size if correction == "lambda" else None,
+            input_size=size if correction in ("lambda", "exact") else None,
         )
         return [layer, lnn.GroupSort2() if activation == "groupsort" else nn.ReLU()]
 
@@ -168,6 +189,8 @@ def build_model(
     """Build ``architecture`` with ``kit`` for inputs of ``input_shape`` (no batch dim).
 
     Binary problems (``num_classes == 2``) get a single output logit (class 1 where f > 0).
+    ``correction`` is the Björck convs' ``strict``, ``lambda`` (eq. 11) or ``exact``
+    correction (:class:`lipbench.nn.LipschitzConv2d`); the last two get each conv's input size.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; known architectures: {', '.join(sorted(ARCHITECTURES))}")

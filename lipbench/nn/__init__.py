@@ -2,7 +2,8 @@
 
 ``functional`` holds the pure functions; ``layers`` the modules (each with an
 unconstrained twin); ``export`` turns a constrained model into plain ``nn.Linear`` /
-``nn.Conv2d``; ``bounds`` gives strict upper bounds and ``lower_bound`` empirical ones.
+``nn.Conv2d``; ``bounds`` gives strict upper bounds (``conv_bounds`` the exact norms of
+strided, grouped and circular convolutions) and ``lower_bound`` empirical ones.
 """
 
 from lipbench.nn import functional
@@ -26,7 +27,7 @@ from lipbench.nn.layers import (
     RowNormalizedLinear,
 )
 from lipbench.nn.lower_bound import LipschitzLowerBound, input_jacobian, lipschitz_lower_bound, pair_quotients
-from lipbench.nn.parametrizations import RowNormalized, SpectralBjorck
+from lipbench.nn.parametrizations import ConvOperatorNormalized, RowNormalized, SpectralBjorck
 
 __all__ = [
     "functional",
@@ -39,6 +40,7 @@ __all__ = [
     "L2NormPool2d",
     "GlobalL2NormPool2d",
     "SpectralBjorck",
+    "ConvOperatorNormalized",
     "RowNormalized",
     "export",
     "unconstrained_twin",

@@ -1,9 +1,10 @@
 """Strict upper bounds and empirical lower bounds of a model's Lipschitz constant (L2).
 
 Upper bounds are computed from the exported weights in float64, layer by layer, and
-multiplied along the chain: exact spectral norms (SVD) for dense layers, the exact norm
-of the circular convolution on a grid of at least ``input + kernel - 1`` for conv layers
-(an upper bound of the zero-padded convolution), 1 for GroupSort/FullSort/L2 pooling, the
+multiplied along the chain: exact spectral norms (SVD) for dense layers, for conv layers
+the exact norm of the strided (polyphase) circular convolution: at the input size for
+circular padding (exact), on a grid that embeds the zero-padded one without wrap-around
+for zero padding (a bound; :mod:`lipbench.nn.conv_bounds`), 1 for GroupSort/FullSort/L2 pooling, the
 exact norm of average pooling (separable per channel, probed in float64) and
 ``sqrt(windows per pixel)`` for max pooling.
 Power iteration converges from below and is never used for a bound.
@@ -18,6 +19,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from lipbench.nn.conv_bounds import conv2d_module_bound, conv2d_operator_norm_bound
 from lipbench.nn.export import check_finite, export
 from lipbench.nn.layers import FullSort, GlobalL2NormPool2d, GroupSort, GroupSort2, L2NormPool2d
 
@@ -50,11 +52,19 @@ class LipschitzUpperBound:
     ``i`` alone (last dense layer's row norm times the rest of the chain), which a
     per-row-normalised output layer keeps at 1 while ``whole_map`` may reach
     ``sqrt(classes)``.
+
+    When the chain ends in a dense layer ``W`` (rows ``w_i``): ``prefix`` is the strict
+    bound ``L'`` of the chain before it, and ``pairwise[i][j]`` bounds the logit difference
+    ``f_i - f_j = (w_i - w_j) . h(x) + b_i - b_j``: ``min(L' ||w_i - w_j||, sqrt(2) whole_map,
+    per_logit[i] + per_logit[j])`` (each a valid bound, see
+    :func:`lipbench.nn.certificates.certified_radius_and_kind`); ``None`` otherwise.
     """
 
     whole_map: float
     per_logit: tuple[float, ...]
     layers: tuple[LayerBound, ...] = field(repr=False)
+    prefix: float | None = None
+    pairwise: tuple[tuple[float, ...], ...] | None = field(default=None, repr=False)
 
     @property
     def max_per_logit(self) -> float:
@@ -65,6 +75,8 @@ class LipschitzUpperBound:
             "whole_map": self.whole_map,
             "per_logit": list(self.per_logit),
             "max_per_logit": self.max_per_logit,
+            "prefix": self.prefix,
+            "pairwise": None if self.pairwise is None else [list(row) for row in self.pairwise],
             "layers": [
                 {"name": l.name, "type": l.layer_type, "input_shape": list(l.input_shape), "bound": l.bound, "method": l.method}
                 for l in self.layers
@@ -75,25 +87,6 @@ class LipschitzUpperBound:
 def dense_operator_norm(weight: Tensor) -> float:
     """Exact spectral norm (largest singular value, SVD in float64)."""
     return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
-
-
-def conv2d_operator_norm_bound(weight: Tensor, input_size: tuple[int, int]) -> float:
-    """Exact norm of the circular convolution with ``weight`` on a ``(h+k1-1) x (w+k2-1)`` grid.
-
-    Embedding the input in that grid makes the circular convolution contain the full
-    linear convolution without wrap-around; any zero padding and any stride only select
-    outputs of it, so this norm bounds the layer from above. Its value is the largest
-    singular value of the ``(out, in)`` transfer matrix over all frequencies (FFT of the
-    kernel; half the spectrum suffices for a real kernel).
-    """
-    out_channels, in_channels, k1, k2 = weight.shape
-    grid = (input_size[0] + k1 - 1, input_size[1] + k2 - 1)
-    transfer = torch.fft.rfft2(weight.detach().double(), s=grid)  # (out, in, g1, g2//2+1)
-    matrices = transfer.permute(2, 3, 0, 1).reshape(-1, out_channels, in_channels)
-    norms = []
-    for chunk in matrices.split(4096):
-        norms.append(torch.linalg.matrix_norm(chunk, ord=2).max())
-    return float(torch.stack(norms).max())
 
 
 def _pair(value) -> tuple[int, int]:
@@ -219,20 +212,10 @@ def _leaf_bound(name: str, module: nn.Module, input_shape: tuple[int, ...]) -> t
     if isinstance(module, nn.Linear):
         return dense_operator_norm(module.weight), "svd"
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1 or _pair(module.dilation) != (1, 1) or module.padding_mode != "zeros":
-            raise ValueError(
-                f"lipschitz_upper_bound: layer {name!r} ({module}) is not supported: conv layers need "
-                "groups=1, dilation=1 and zero padding"
-            )
-        circular = conv2d_operator_norm_bound(module.weight, input_shape[-2:])
-        # Each input pixel lies in at most ceil(k1/s1) ceil(k2/s2) windows: a strict bound
-        # that accounts for the stride, which the circular (stride-1) bound ignores.
-        kernel = module.weight.reshape(module.weight.shape[0], -1)
-        windows = _overlap(module.kernel_size, module.stride)
-        reshaped = dense_operator_norm(kernel) * math.sqrt(windows)
-        if reshaped < circular:
-            return reshaped, f"reshaped-kernel svd x sqrt({windows} windows per pixel)"
-        return circular, "fft-circular"
+        # Exact for circular padding at this input size, a strict bound for zero padding;
+        # stride, groups and dilation included (lipbench.nn.conv_bounds, derivation there).
+        what = f"lipschitz_upper_bound: layer {name!r} ({module}) is not supported"
+        return conv2d_module_bound(module, (int(input_shape[-2]), int(input_shape[-1])), what)
     if isinstance(module, (GroupSort, GroupSort2, FullSort, GlobalL2NormPool2d)):
         return 1.0, "1 (norm preserving)"
     if isinstance(module, L2NormPool2d):
@@ -301,10 +284,20 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: tuple[int, ...]) -> Lip
     whole_map = math.prod(layer.bound for layer in layer_bounds)
     outputs = x.shape[-1]
     last = leaves[-1][1] if leaves else None
-    if isinstance(last, nn.Linear):
-        prefix = math.prod(layer.bound for layer in layer_bounds[:-1])
-        row_norms = torch.linalg.vector_norm(last.weight.double(), dim=1)
-        per_logit = tuple(min(float(norm) * prefix, whole_map) for norm in row_norms)
-    else:
-        per_logit = (whole_map,) * outputs
-    return LipschitzUpperBound(whole_map=whole_map, per_logit=per_logit, layers=tuple(layer_bounds))
+    if not isinstance(last, nn.Linear):
+        return LipschitzUpperBound(whole_map=whole_map, per_logit=(whole_map,) * outputs, layers=tuple(layer_bounds))
+    prefix = math.prod(layer.bound for layer in layer_bounds[:-1])
+    weight = last.weight.double()
+    row_norms = torch.linalg.vector_norm(weight, dim=1)
+    per_logit = tuple(min(float(norm) * prefix, whole_map) for norm in row_norms)
+    # f_i - f_j = (w_i - w_j) . h + b_i - b_j is (prefix ||w_i - w_j||)-Lipschitz (exact row
+    # differences, float64); the whole-map and per-logit bounds of the same difference cap it.
+    pairwise = tuple(
+        tuple(
+            0.0 if i == j else min(prefix * distance, math.sqrt(2.0) * whole_map, per_logit[i] + per_logit[j])
+            for j, distance in enumerate(torch.linalg.vector_norm(weight[i] - weight, dim=1).tolist())
+        )
+        for i in range(len(weight))
+    )
+    pairwise = pairwise if len(weight) > 1 else None  # one logit: no difference to bound
+    return LipschitzUpperBound(whole_map, per_logit, tuple(layer_bounds), prefix=prefix, pairwise=pairwise)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from lipbench.nn import functional as LF
-from lipbench.nn.parametrizations import RowNormalized, SpectralBjorck
+from lipbench.nn.conv_bounds import conv2d_geometry, conv2d_norm_plan
+from lipbench.nn.parametrizations import ConvOperatorNormalized, RowNormalized, SpectralBjorck
 
 __all__ = [
     "LipschitzLinear",
@@ -31,7 +32,7 @@ __all__ = [
     "ConvCorrection",
 ]
 
-ConvCorrection = Literal["strict", "lambda"]
+ConvCorrection = Literal["strict", "lambda", "exact"]
 
 
 @contextlib.contextmanager
@@ -121,17 +122,48 @@ class RowNormalizedLinear(nn.Linear):
         return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
 
 
+def _correction_factor(
+    name: str,
+    correction: str,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: str | int | tuple[int, int],
+    input_size: tuple[int, int] | None,
+) -> float | None:
+    """The constant factor of ``correction`` (``None`` for ``exact``, computed per forward)."""
+    if correction == "strict":
+        return LF.strict_conv_factor(kernel, stride)
+    if correction == "lambda":
+        if input_size is None or padding != "same" or stride != (1, 1):
+            raise ValueError(
+                f"{name}: correction='lambda' (paper eq. 11) needs input_size=(h, w), stride 1 and "
+                f"padding='same'; got input_size={input_size}, stride={stride}, padding={padding!r}"
+            )
+        return LF.lambda_conv_factor(kernel, input_size)
+    if correction == "exact":
+        if input_size is None:
+            raise ValueError(f"{name}: correction='exact' needs input_size=(h, w), the size the layer's norm is taken at")
+        return None
+    raise ValueError(f"{name}: correction must be 'strict', 'lambda' or 'exact', got {correction!r}")
+
+
 class LipschitzConv2d(nn.Conv2d):
     """Conv2d whose reshaped kernel ``(out, in*k1*k2)`` is spectrally normalised, then
-    Björck-orthonormalised, then scaled by a correction factor.
+    Björck-orthonormalised, then corrected for the convolution.
 
     ``correction="strict"`` (default) multiplies by ``1/sqrt(ceil(k1/s1) ceil(k2/s2))``,
     a true bound for any input size and zero padding. ``correction="lambda"`` uses the
     paper's Λ (eq. 11) for ``input_size``; it is an average, not a bound (a constant 3x3
     kernel on 28x28 reaches about 1.016), so it is an option we report on.
+    ``correction="exact"`` divides the kernel by the operator norm of its convolution on
+    ``input_size`` (:class:`~lipbench.nn.parametrizations.ConvOperatorNormalized`, at every
+    forward, autograd through it), the very function the certificate uses: the exported
+    layer's bound is 1 (exact norm 1 with circular padding; with zero padding the grid
+    bound is 1 and the true norm slightly below). ``correction_factor`` is ``None`` then.
 
-    Supported: zero padding (``"same"`` for stride 1, ``"valid"`` or integers), any
-    stride, dilation 1, groups 1.
+    Supported: zero padding (``"same"`` for stride 1, ``"valid"`` or integers) or
+    ``padding_mode="circular"``, any stride, dilation 1, groups 1. Export gives a plain
+    ``nn.Conv2d`` with the same options.
     """
 
     def __init__(
@@ -145,6 +177,7 @@ class LipschitzConv2d(nn.Conv2d):
         *,
         correction: ConvCorrection = "strict",
         input_size: tuple[int, int] | None = None,
+        padding_mode: Literal["zeros", "circular"] = "zeros",
         bjorck_iterations: int = 15,
         bjorck_beta: float = 0.5,
         power_iterations: int = 1,
@@ -156,18 +189,10 @@ class LipschitzConv2d(nn.Conv2d):
             raise ValueError(f"{name}: kernel_size and stride must be >= 1")
         if padding == "same" and stride_pair != (1, 1):
             raise ValueError(f"{name}: padding='same' needs stride 1; pass an integer padding for strided convolutions")
-        if correction == "strict":
-            factor = LF.strict_conv_factor(kernel_pair, stride_pair)
-        elif correction == "lambda":
-            if input_size is None or padding != "same" or stride_pair != (1, 1):
-                raise ValueError(
-                    f"{name}: correction='lambda' (paper eq. 11) needs input_size=(h, w), stride 1 and "
-                    f"padding='same'; got input_size={input_size}, stride={stride}, padding={padding!r}"
-                )
-            factor = LF.lambda_conv_factor(kernel_pair, input_size)
-        else:
-            raise ValueError(f"{name}: correction must be 'strict' or 'lambda', got {correction!r}")
-        super().__init__(in_channels, out_channels, kernel_pair, stride_pair, padding, bias=bias)
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"{name}: padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
+        factor = _correction_factor(name, correction, kernel_pair, stride_pair, padding, input_size)
+        super().__init__(in_channels, out_channels, kernel_pair, stride_pair, padding, bias=bias, padding_mode=padding_mode)
         self.correction = correction
         self.correction_factor = factor
         self.input_size = input_size
@@ -175,22 +200,20 @@ class LipschitzConv2d(nn.Conv2d):
             nn.init.orthogonal_(self.weight)
             if self.bias is not None:
                 self.bias.zero_()
-        parametrize.register_parametrization(
-            self, "weight", SpectralBjorck(self.weight, bjorck_iterations, bjorck_beta, power_iterations, factor)
-        )
+        spectral = SpectralBjorck(self.weight, bjorck_iterations, bjorck_beta, power_iterations, factor or 1.0)
+        parametrize.register_parametrization(self, "weight", spectral)
+        if correction == "exact":
+            plan = conv2d_norm_plan(conv2d_geometry(self, input_size, name))
+            parametrize.register_parametrization(self, "weight", ConvOperatorNormalized(plan))
+
+    def _options(self) -> dict[str, Any]:
+        return dict(stride=self.stride, padding=self.padding, bias=self.bias is not None, padding_mode=self.padding_mode)
 
     def export_plain(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with the current effective kernel (computed now, never cached)."""
         weight = _effective_weight(self)
         plain = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            bias=self.bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
+            self.in_channels, self.out_channels, self.kernel_size, **self._options(), device=weight.device, dtype=weight.dtype
         )
         with torch.no_grad():
             plain.weight.copy_(weight)
@@ -199,14 +222,7 @@ class LipschitzConv2d(nn.Conv2d):
         return plain
 
     def unconstrained_twin(self) -> nn.Conv2d:
-        return nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            bias=self.bias is not None,
-        )
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, **self._options())
 
 
 class GroupSort(nn.Module):

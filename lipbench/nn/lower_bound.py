@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LipschitzLowerBound", "lipschitz_lower_bound", "input_jacobian", "pair_quotients"]
+__all__ = ["LipschitzLowerBound", "lipschitz_lower_bound", "input_jacobian", "pair_quotients", "logit_difference_ascent"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,28 @@ def _gradient_norm_ascent(
         jitter = torch.randn(current.shape, generator=generator, dtype=current.dtype, device="cpu").to(current.device)
         current = (current.detach() + step_size * step.reshape(current.shape) + scale * jitter).detach()
     return best
+
+
+def logit_difference_ascent(
+    model: nn.Module,
+    x: Tensor,
+    first: Tensor,
+    second: Tensor,
+    *,
+    steps: int = 10,
+    step_size: float = 0.05,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> Tensor:
+    """Per point, the largest ``||grad_x (f_first - f_second)||`` at ``x`` and along
+    gradient-norm ascent from it: attained, so a lower bound of the Lipschitz constant of
+    that logit difference (what a pairwise certificate bounds from above)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    direction = torch.zeros(len(x), classes, dtype=x.dtype, device=x.device)
+    direction = direction.scatter(1, first[:, None].to(x.device), 1.0).scatter(1, second[:, None].to(x.device), -1.0)
+    return _gradient_norm_ascent(model, x, direction, steps, step_size, noise, generator)
 
 
 def _ascent(

@@ -3,7 +3,8 @@
 ``SpectralBjorck`` is the paper's constraint (section 5): spectral normalisation (by
 power iteration with a persistent vector in training, by the exact spectral norm in
 eval mode and export), then Björck orthonormalisation, then a constant factor (the
-convolution correction). ``RowNormalized`` divides each output
+convolution correction). ``ConvOperatorNormalized`` divides a conv kernel by the exact
+operator norm of its convolution (the ``exact`` correction). ``RowNormalized`` divides each output
 row by its norm, so each logit of an output layer is separately 1-Lipschitz.
 
 Both are recomputed from the current parameters at every access of ``module.weight``:
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lipbench.nn.conv_bounds import ConvNormPlan, conv2d_operator_norm
 from lipbench.nn.functional import bjorck_orthonormalize, exact_spectral_norm, power_iteration
 
-__all__ = ["SpectralBjorck", "RowNormalized"]
+__all__ = ["SpectralBjorck", "ConvOperatorNormalized", "RowNormalized"]
 
 _INITIAL_POWER_ITERATIONS = 15
 
@@ -96,6 +98,30 @@ class SpectralBjorck(nn.Module):
             f"bjorck_iterations={self.bjorck_iterations}, bjorck_beta={self.bjorck_beta}, "
             f"power_iterations={self.power_iterations}, scale={self.scale:.6g}"
         )
+
+
+class ConvOperatorNormalized(nn.Module):
+    """``W -> W / ||conv_W||``, the norm of the layer's convolution for a fixed ``plan``.
+
+    ``||conv_W||`` is :func:`lipbench.nn.conv_bounds.conv2d_operator_norm`, the function
+    the certificate uses: the exact norm (polyphase FFT over the input grid, stride
+    included) for circular padding, the strict grid bound for zero padding. It is
+    recomputed from the current kernel at every forward (float64, then cast), in training
+    with autograd through the FFT and the SVD of the transfer matrices, so the weight the
+    optimiser sees is exactly the normalised one and the exported layer's bound is 1 up to
+    rounding. A zero kernel stays zero (the norm is clamped to the smallest normal number).
+    """
+
+    def __init__(self, plan: ConvNormPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def forward(self, weight: Tensor) -> Tensor:
+        norm = conv2d_operator_norm(weight, self.plan).to(weight.dtype)
+        return weight / norm.clamp_min(torch.finfo(weight.dtype).tiny)
+
+    def extra_repr(self) -> str:
+        return self.plan.describe()
 
 
 class RowNormalized(nn.Module):

@@ -15,7 +15,7 @@ __all__ = ["Recipe", "TrainConfig", "resolve_train_config"]
 
 _OPTIMIZERS = ("adam", "sgd")
 _SCHEDULES = ("constant", "cosine")
-_CORRECTIONS = ("strict", "lambda")
+_CORRECTIONS = ("strict", "lambda", "exact")
 _PRECISIONS = ("fp32", "bf16")
 
 
@@ -25,6 +25,12 @@ class Recipe:
 
     ``batch_size`` is the global batch: under ``torchrun`` each rank takes its contiguous
     shard of every batch (see :mod:`lipbench.train.distributed`).
+
+    ``conv_correction`` scales each Björck conv kernel: ``strict`` (default) by
+    ``1/sqrt(ceil(k1/s1) ceil(k2/s2))``, a bound for any input size; ``lambda`` by the
+    paper's Λ (eq. 11), not a bound; ``exact`` by the inverse of the convolution's own
+    operator norm at the layer's input size (polyphase FFT, recomputed every step with
+    autograd, the function certificates use), so each exported conv is bounded by exactly 1.
 
     Speed options (both change the trained weights slightly, so both are part of the
     config's fingerprint and of ``metrics.json``'s ``recipe``):

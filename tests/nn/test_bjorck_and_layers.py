@@ -97,7 +97,9 @@ def test_row_normalized_linear_rows_have_unit_norm():
     [
         (dict(stride=2, padding="same"), "padding='same' needs stride 1"),
         (dict(correction="lambda"), "needs input_size"),
-        (dict(correction="exact"), "correction must be"),
+        (dict(correction="exact"), "needs input_size"),
+        (dict(correction="paper"), "correction must be"),
+        (dict(padding_mode="reflect"), "padding_mode must be"),
         (dict(stride=0), "must be >= 1"),
     ],
 )
