@@ -1,7 +1,8 @@
 """Dataset registry: ``prepare`` once (fetch, verify, convert), then ``load`` train/test splits.
 
 Built-in datasets: ``moons``, ``digits`` (scikit-learn, no download), ``mnist``,
-``fashion_mnist``, ``cifar10`` and ``celeba_eyeglasses`` (torchvision on-disk formats).
+``fashion_mnist``, ``cifar10``, ``cifar100``, ``celeba_eyeglasses`` and ``eurosat``
+(torchvision on-disk formats).
 
 Mirror: ``prepare_dataset(..., mirror=PATH)`` or, when ``mirror`` is None, the environment
 variable ``LIPBENCH_DATA_MIRROR`` (the argument wins; ``mirror=""`` disables the mirror). The
@@ -50,6 +51,7 @@ _BUILTIN_MODULES = (
     "lipbench.data.toy",
     "lipbench.data.torchvision_sets",
     "lipbench.data.celeba",
+    "lipbench.data.eurosat",
 )
 for _module in _BUILTIN_MODULES:
     importlib.import_module(_module)

@@ -1,10 +1,11 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 from torchvision's on-disk formats.
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 from torchvision's on-disk formats.
 
 File names, URLs and md5 checksums are read from torchvision's dataset classes (lazily, on
 first use: importing torchvision costs over a second per process), so the raw folder is a
 valid torchvision root (``MNIST/raw/*.gz``, ``FashionMNIST/raw/*.gz``,
-``cifar-10-python.tar.gz`` and its extraction ``cifar-10-batches-py/``). Prepared splits are
-uint8 tensors (``prepared/<name>/{train,test}.pt``); ``load`` returns float32 in [0, 1].
+``cifar-10-python.tar.gz`` and its extraction ``cifar-10-batches-py/``,
+``cifar-100-python.tar.gz`` and ``cifar-100-python/``). Prepared splits are uint8 tensors
+(``prepared/<name>/{train,test}.pt``); ``load`` returns float32 in [0, 1].
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ from lipbench.data.archives import (
 from lipbench.data.base import DatasetInfo, register_dataset, save_tensors
 from lipbench.data.errors import ChecksumError
 
-__all__ = ["IdxDataset", "Cifar10Dataset", "read_idx_gz", "torchvision_dataset_class"]
+__all__ = ["IdxDataset", "Cifar10Dataset", "Cifar100Dataset", "read_idx_gz", "torchvision_dataset_class"]
 
 #: Where each dataset comes from (documentation; tests check them against torchvision).
 SOURCES = {
     "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
 }
 _CIFAR_FOLDER = "cifar-10-batches-py"  # torchvision.datasets.CIFAR10.base_folder
+_CIFAR100_FOLDER = "cifar-100-python"  # torchvision.datasets.CIFAR100.base_folder
 
 
 def torchvision_dataset_class(name: str) -> Any:
@@ -110,14 +113,18 @@ register_dataset("fashion_mnist")(IdxDataset("fashion_mnist", "FashionMNIST", "F
 class Cifar10Dataset(RemoteDataset):
     """CIFAR-10 python version: ``cifar-10-python.tar.gz`` (or its extracted folder in the mirror).
 
-    The archive's md5 and each extracted batch's md5 are checked. Takes no params.
+    The archive's md5 and each extracted batch's md5 are checked (before any batch is
+    unpickled). Takes no params. Subclasses set the class attributes below (CIFAR-100).
     """
 
     info = DatasetInfo("cifar10", 10, (3, 32, 32), source=SOURCES["cifar10"], needs_download=True)
+    torchvision_class = "CIFAR10"
+    folder = _CIFAR_FOLDER
+    labels_key = "labels"  # the key of the label list in each pickled batch
 
     @cached_property
     def _tables(self) -> Any:
-        return torchvision_dataset_class("CIFAR10")
+        return torchvision_dataset_class(self.torchvision_class)
 
     @cached_property
     def resources(self) -> tuple[Resource, ...]:
@@ -146,7 +153,7 @@ class Cifar10Dataset(RemoteDataset):
 
     def _verify_extracted(self, folder: Path) -> None:
         names = (*self.train_batches, *self.test_batches, self.meta_file)
-        verify_folder(folder, {name: self.checksums[name] for name in names}, _CIFAR_FOLDER)
+        verify_folder(folder, {name: self.checksums[name] for name in names}, self.folder)
 
     def _extracted_ok(self, folder: Path) -> bool:
         if not folder.is_dir():
@@ -157,50 +164,68 @@ class Cifar10Dataset(RemoteDataset):
             return False
         return True
 
-    @staticmethod
-    def _mirror_has_only_folder(mirror: Path | None, archive: Resource) -> bool:
+    def _mirror_has_only_folder(self, mirror: Path | None, archive: Resource) -> bool:
         """A mirror may hold torchvision's extracted folder instead of the archive."""
-        return mirror is not None and not (mirror / archive.path).is_file() and (mirror / _CIFAR_FOLDER).is_dir()
+        return mirror is not None and not (mirror / archive.path).is_file() and (mirror / self.folder).is_dir()
 
     def _prepare(
         self, data_dir: Path, stage: Path, params: dict[str, Any], mirror: str | os.PathLike[str] | None
     ) -> dict[str, Any]:
         mirror_path = self.resolve_mirror(data_dir, mirror)
         raw = data_dir / "raw"
-        folder = raw / _CIFAR_FOLDER
+        folder = raw / self.folder
         archive = self.resources[0]
         inputs: list[dict[str, Any]] = []
         if self._extracted_ok(folder):
             pass  # a verified extraction from an earlier run
         elif self._mirror_has_only_folder(mirror_path, archive):
-            copy_tree_staged(mirror_path / _CIFAR_FOLDER, folder, self._verify_extracted)  # type: ignore[operator]
+            copy_tree_staged(mirror_path / self.folder, folder, self._verify_extracted)  # type: ignore[operator]
         else:
             inputs.append(self.fetch(archive, data_dir, mirror_path))
-            extract_staged(raw / archive.path, _CIFAR_FOLDER, raw, self._verify_extracted)
+            extract_staged(raw / archive.path, self.folder, raw, self._verify_extracted)
         inputs += [
-            {"file": f"{_CIFAR_FOLDER}/{name}", "md5": self.checksums[name], "verified": True}
+            {"file": f"{self.folder}/{name}", "md5": self.checksums[name], "verified": True}
             for name in (*self.train_batches, *self.test_batches, self.meta_file)
         ]
         with open(folder / self.meta_file, "rb") as handle:
-            label_names = list(pickle.load(handle, encoding="latin1")["label_names"])
+            label_names = list(pickle.load(handle, encoding="latin1")[self._tables.meta["key"]])  # md5-verified
         if len(label_names) != self.info.num_classes:
-            raise ValueError(f"{folder / self.meta_file} lists {len(label_names)} classes, expected 10")
+            raise ValueError(
+                f"{self.name}: {folder / self.meta_file} lists {len(label_names)} classes, expected {self.info.num_classes}"
+            )
         splits = {
             "train": save_tensors(stage / "train.pt", *self._read_batches(folder, self.train_batches)),
             "test": save_tensors(stage / "test.pt", *self._read_batches(folder, self.test_batches)),
         }
         return {"inputs": inputs, "class_names": label_names, "splits": splits}
 
-    @staticmethod
-    def _read_batches(folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read_batches(self, folder: Path, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for name in names:
             with open(folder / name, "rb") as handle:
                 batch = pickle.load(handle, encoding="latin1")  # md5-verified original file
             data = np.asarray(batch["data"], dtype=np.uint8)
-            labels = np.asarray(batch["labels"], dtype=np.int64)
+            labels = np.asarray(batch[self.labels_key], dtype=np.int64)
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.shape[0]:
-                raise ValueError(f"{folder / name}: data {data.shape} and labels {labels.shape} are not CIFAR-10")
+                raise ValueError(f"{folder / name}: data {data.shape} and labels {labels.shape} are not {self.name}")
+            if labels.size and (labels.min() < 0 or labels.max() >= self.info.num_classes):
+                raise ValueError(f"{folder / name}: labels outside 0..{self.info.num_classes - 1} are not {self.name}")
             xs.append(data.reshape(-1, 3, 32, 32))  # rows are 1024 red, 1024 green, 1024 blue bytes
             ys.append(labels)
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+@register_dataset("cifar100")
+class Cifar100Dataset(Cifar10Dataset):
+    """CIFAR-100 python version, 100 fine classes: ``cifar-100-python.tar.gz`` (or its extracted
+    ``cifar-100-python/`` folder in the mirror), read exactly as CIFAR-10.
+
+    The extracted ``train``, ``test`` and ``meta`` pickles are md5-checked against torchvision's
+    ``CIFAR100`` tables before they are unpickled; labels are ``fine_labels`` and class names
+    ``meta``'s ``fine_label_names``. Takes no params.
+    """
+
+    info = DatasetInfo("cifar100", 100, (3, 32, 32), source=SOURCES["cifar100"], needs_download=True)
+    torchvision_class = "CIFAR100"
+    folder = _CIFAR100_FOLDER
+    labels_key = "fine_labels"

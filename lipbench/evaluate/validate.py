@@ -1,6 +1,7 @@
 """Everything a profile asks for, resolved before any stage runs (the pipeline's ``validate``
-stage): every (dataset, model, seed) run resolves (known dataset, known method, valid method
-parameters and recipe) and every dataset's evaluation settings are valid.
+stage): every dataset is known with valid ``prepare`` parameters, every (dataset, model,
+seed) run resolves (known method, valid method parameters and recipe) and every dataset's
+evaluation settings are valid.
 
 DVC itself stops on a model without parameters with "Parameters 'train.digits.hrk' are
 missing", and only when it reaches that model's training; this stage runs first and says
@@ -22,7 +23,7 @@ def validate_profile(profile: Profile) -> list[RunKey]:
     """Resolve every run and every dataset's evaluation settings; the first problem raises
     (RegistryError, ProfileError or ValueError naming the file, key and fix)."""
     for dataset in profile.datasets:
-        get_dataset(dataset)
+        get_dataset(dataset).validate_params(profile.prepare_params(dataset))
     keys = run_keys(profile)
     for key in keys:
         config_from_profile(profile, key)

@@ -1,5 +1,6 @@
 """Fixtures for lipbench.data tests: no network, no ambient mirror, and small fake datasets
-written in the real on-disk formats (idx.gz, CIFAR-10 python tarball, CelebA folder)."""
+written in the real on-disk formats (idx.gz, CIFAR-10 and CIFAR-100 python tarballs, CelebA
+folder, EuroSAT zip of JPEGs)."""
 
 from __future__ import annotations
 
@@ -192,6 +193,101 @@ def make_celeba_mirror(root: Path, as_zip: bool = False) -> Fake:
     return Fake(root, checksums, expected)
 
 
+CIFAR100_FINE_NAMES = (
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
+    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
+    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
+    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
+    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
+    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
+    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
+).split()
+
+
+def make_cifar100_mirror(root: Path, n_train: int = 7, n_test: int = 5, extracted: bool = False) -> Fake:
+    """``cifar-100-python.tar.gz`` (or its extracted folder): ``train``, ``test`` and ``meta``
+    pickles with CIFAR-100's keys (``fine_labels``, ``coarse_labels``, ``fine_label_names``...)."""
+    rng = np.random.default_rng(3)
+    files: dict[str, bytes] = {}
+    expected: dict[str, object] = {"class_names": CIFAR100_FINE_NAMES}
+    for name, count in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, size=count)]
+        fine[0] = 99  # the highest fine label occurs
+        payload = {
+            "filenames": [f"{name}_{i}.png" for i in range(count)],
+            "batch_label": f"{name}ing batch 1 of 1" if name == "train" else "testing batch 1 of 1",
+            "fine_labels": fine,
+            "coarse_labels": [label // 5 for label in fine],
+            "data": data,
+        }
+        files[name] = _pickle_file(payload)
+        expected[name] = (data, np.array(fine))
+    coarse = [f"superclass_{i}" for i in range(20)]
+    files["meta"] = _pickle_file({"fine_label_names": CIFAR100_FINE_NAMES, "coarse_label_names": coarse})
+    files["file.txt~"] = b"an editor backup file of the real archive\n"
+    checksums = {name: hashlib.md5(content).hexdigest() for name, content in files.items() if name != "file.txt~"}
+    root.mkdir(parents=True, exist_ok=True)
+    if extracted:
+        folder = root / "cifar-100-python"
+        folder.mkdir()
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+    else:
+        archive = root / "cifar-100-python.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for name, content in files.items():
+                info = tarfile.TarInfo(f"cifar-100-python/{name}")
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        checksums[archive.name] = md5(archive)
+    return Fake(root, checksums, expected)
+
+
+EUROSAT_CLASSES = (
+    "AnnualCrop Forest HerbaceousVegetation Highway Industrial Pasture PermanentCrop Residential River SeaLake"
+).split()
+
+
+def eurosat_image(class_index: int, number: int) -> np.ndarray:
+    """64x64 RGB patch: a class colour, a per-image green level and a horizontal ramp."""
+    image = np.empty((64, 64, 3), dtype=np.uint8)
+    image[..., 0] = 20 * class_index
+    image[..., 1] = 30 * number + np.arange(64, dtype=np.uint8)[None, :]
+    image[..., 2] = 255 - 20 * class_index
+    return image
+
+
+def make_eurosat_mirror(root: Path, as_zip: bool = True) -> Fake:
+    """A torchvision EuroSAT root: ``eurosat/EuroSAT.zip`` holding ``2750/<Class>/<Class>_<n>.jpg``
+    (3 to 5 JPEGs per class) or, with ``as_zip=False``, the extracted ``eurosat/2750/`` folder."""
+    from PIL import Image
+
+    counts = {name: 3 + index % 3 for index, name in enumerate(EUROSAT_CLASSES)}
+    encoded: dict[str, bytes] = {}
+    for index, name in enumerate(EUROSAT_CLASSES):
+        for number in range(1, counts[name] + 1):
+            buffer = io.BytesIO()
+            Image.fromarray(eurosat_image(index, number)).save(buffer, format="JPEG", quality=95)
+            encoded[f"2750/{name}/{name}_{number}.jpg"] = buffer.getvalue()
+    base = root / "eurosat"
+    base.mkdir(parents=True, exist_ok=True)
+    checksums: dict[str, str] = {}
+    if as_zip:
+        with zipfile.ZipFile(base / "EuroSAT.zip", "w") as archive:
+            archive.writestr("2750/", b"")
+            for name in EUROSAT_CLASSES:
+                archive.writestr(f"2750/{name}/", b"")
+            for member, content in encoded.items():
+                archive.writestr(member, content)
+        checksums["EuroSAT.zip"] = md5(base / "EuroSAT.zip")
+    else:
+        for member, content in encoded.items():
+            (base / member).parent.mkdir(parents=True, exist_ok=True)
+            (base / member).write_bytes(content)
+    return Fake(root, checksums, {"counts": counts, "files": sorted(encoded)})
+
+
 @dataclass
 class Fakes:
     """Factories handed to tests by the ``fakes`` fixture."""
@@ -203,6 +299,8 @@ class Fakes:
     idx_mirror = staticmethod(make_idx_mirror)
     cifar_mirror = staticmethod(make_cifar_mirror)
     celeba_mirror = staticmethod(make_celeba_mirror)
+    cifar100_mirror = staticmethod(make_cifar100_mirror)
+    eurosat_mirror = staticmethod(make_eurosat_mirror)
     write_idx_gz = staticmethod(write_idx_gz)
     shared_mnist_mirror = SHARED_MNIST_MIRROR
 

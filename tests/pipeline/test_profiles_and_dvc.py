@@ -155,6 +155,7 @@ def test_a_typo_in_the_models_is_lipbench_s_error_before_dvc_s(tmp_path):
         (lambda p: p["train"]["moons"].pop("kr"), "train.moons.kr is missing; add `kr: {}` under train.moons"),
         (lambda p: p["train"]["digits"]["hkr"].update(alpha="big"), "parameter alpha must be a number"),
         (lambda p: p["evaluate"]["digits"].update(attacks=["fgsm"]), "unknown attack 'fgsm'"),
+        (lambda p: p["prepare"]["moons"].update(test_fraction=2.0), "test_fraction"),
     ],
 )
 def test_validate_names_the_first_problem_of_a_profile(tmp_path, capsys, change, message):
