@@ -34,6 +34,7 @@ FLOORS: list[set[str]] = [
     {"lipbench.evaluate"},
     {"lipbench.explain"},
     {"lipbench.report"},
+    {"lipbench.launch"},
     {"lipbench.cli"},
 ]
 MAX_FILE_LINES = 400

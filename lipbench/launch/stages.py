@@ -1,0 +1,195 @@
+"""The DVC side of a launch: the plan of some targets from DVC's stage graph, and what
+``dvc repro`` does around each stage's command (skip, run-cache, commit).
+
+``dvc repro`` walks the targets' stages upstream first; a stage runs when it changed (its
+command, dependencies or outputs differ from ``dvc.lock``) or when a stage it depends on
+ran. Just before running it, DVC removes its outputs and tries its run-cache; after the
+command it saves the stage (dependency and output hashes, the run-cache entry), commits the
+outputs to the cache and writes the stage's ``dvc.lock`` entry. :class:`DvcStages` does the
+same steps with DVC's own functions, one stage at a time, around jobs that run elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lipbench.launch.plan import Job, LaunchError, Plan
+
+__all__ = ["DvcStages", "absolute_target", "stage_name"]
+
+#: How long a job's settle or commit waits for another DVC process's lock (seconds).
+COMMIT_WAIT_S = 600.0
+
+
+def absolute_target(target: str, base: Path) -> str:
+    """A DVC target (``dvc.yaml``, ``dir/dvc.yaml:stage``, ``stage``) with its file made
+    absolute under ``base``: DVC resolves targets from the current folder, the launch from
+    the checkout it is given."""
+    if ":" in target:
+        path, name = target.rsplit(":", 1)
+    elif target.endswith(("dvc.yaml", ".dvc")) or (base / target).is_file():
+        path, name = target, ""
+    else:
+        path, name = "dvc.yaml", target
+    absolute = str((base / path).resolve()) if path else str(base / "dvc.yaml")
+    return f"{absolute}:{name}" if name else absolute
+
+
+def stage_name(stage: Any, root: Path) -> str:
+    """The stage's address relative to the checkout's root (``train@moons-hkr-0``, or
+    ``pipelines/paper/dvc.yaml:train@mnist-hkr-0``), whatever the current folder."""
+    pipeline = Path(os.path.relpath(stage.path, root)).as_posix()
+    return stage.name if pipeline == "dvc.yaml" else f"{pipeline}:{stage.name}"
+
+
+def _commands(cmd: str | list[str]) -> tuple[str, ...]:
+    """DVC runs each line of a stage's ``cmd`` (or each item of a list) in turn."""
+    return tuple(cmd if isinstance(cmd, list) else cmd.splitlines())
+
+
+class DvcStages:
+    """DVC's view of a checkout: the plan of targets and the steps around each job."""
+
+    def __init__(self, root: Path, force: bool = False) -> None:
+        from dvc.repo import Repo
+
+        self.root = Path(root).resolve()
+        self.repo = Repo(str(self.root))
+        self.force = force
+
+    @contextlib.contextmanager
+    def _locked(self, wait_s: float = 0.0) -> Iterator[None]:
+        """DVC's repository lock, in the repository's root (DVC resolves some paths from the
+        current folder, as its command line runs there). Another DVC process holding it is an
+        error, or, with ``wait_s``, waited for that long (a finished job's commit)."""
+        from dvc.lock import LockError
+        from dvc.repo import lock_repo
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            stack = contextlib.ExitStack()
+            try:
+                stack.enter_context(contextlib.chdir(self.root))
+                stack.enter_context(lock_repo(self.repo))
+                break
+            except LockError:
+                stack.close()
+                if time.monotonic() > deadline:
+                    raise LaunchError(
+                        f"another DVC process holds the lock of {self.root} (dvc repro, dvc status, another launch?); "
+                        "wait for it to end, then launch again"
+                    ) from None
+                time.sleep(1.0)
+        with stack:
+            yield
+
+    def _collect(self, target: str, with_deps: bool, base: Path | None = None) -> list[Any]:
+        from dvc.exceptions import DvcException
+
+        try:
+            return list(self.repo.stage.collect(absolute_target(target, base or self.root), with_deps=with_deps))
+        except DvcException as error:
+            raise LaunchError(
+                f"unknown target {target!r}: {error}; give a dvc.yaml file or a stage of it, "
+                "e.g. dvc.yaml:verify@moons or pipelines/mnist/dvc.yaml"
+            ) from None
+
+    def plan(self, targets: Sequence[str], exclude_kinds: Sequence[str] = (), base: Path | None = None) -> Plan:
+        """The jobs that bring ``targets`` (relative to ``base``, default the root) and the stages
+        they depend on up to date, in dependency order; stages of the kinds ``exclude_kinds``
+        (and their dependants) left out."""
+        from dvc.exceptions import DvcException
+
+        try:
+            with self._locked():
+                return self._plan(targets, exclude_kinds, base)
+        except DvcException as error:  # e.g. a dvc.yaml or params.yaml DVC cannot resolve
+            raise LaunchError(f"DVC cannot read the pipeline: {error}") from None
+
+    def _plan(self, targets: Sequence[str], exclude_kinds: Sequence[str], base: Path | None) -> Plan:
+        """:meth:`plan` under DVC's lock: a stage runs when it changed or a stage it needs runs."""
+        import networkx as nx
+
+        index = self.repo.index
+        position = {stage: number for number, stage in enumerate(index.stages)}
+        wanted: list[Any] = []
+        for target in targets:
+            wanted += [stage for stage in self._collect(target, True, base) if stage not in wanted]
+        graph = index.graph.subgraph(wanted)  # edges: stage -> the stages it depends on
+        order = list(nx.lexicographical_topological_sort(graph.reverse(copy=True), key=position.__getitem__))
+        excluded = {stage for stage in order if stage.name.partition("@")[0] in exclude_kinds}
+        to_run: set[Any] = set()
+        for stage in order:
+            upstream = list(graph.successors(stage))
+            if excluded.intersection(upstream):
+                excluded.add(stage)
+            if stage not in excluded and (self.force or to_run.intersection(upstream) or self._changed(stage)):
+                to_run.add(stage)
+        jobs = tuple(self._job(stage, graph, to_run, position) for stage in order if stage in to_run)
+        up_to_date = tuple(stage_name(stage, self.root) for stage in order if stage not in to_run | excluded)
+        return Plan(jobs, tuple(targets), up_to_date)
+
+    def _changed(self, stage: Any) -> bool:
+        if not stage.cmd:
+            if stage.changed():
+                name = stage_name(stage, self.root)
+                raise LaunchError(f"{name} is data without a command and it changed; `dvc add` or `dvc pull` it first")
+            return False
+        return bool(stage.changed())
+
+    def _job(self, stage: Any, graph: Any, to_run: set[Any], position: dict[Any, int]) -> Job:
+        needs = sorted((up for up in graph.successors(stage) if up in to_run), key=position.__getitem__)
+        return Job(
+            name=stage_name(stage, self.root),
+            commands=_commands(stage.cmd),
+            wdir=Path(os.path.relpath(stage.wdir, self.root)).as_posix(),
+            needs=tuple(stage_name(up, self.root) for up in needs),
+            outs=tuple(Path(os.path.relpath(out.fs_path, self.root)).as_posix() for out in stage.outs if not out.persist),
+            pipeline=Path(os.path.relpath(stage.path, self.root)).as_posix(),
+        )
+
+    def _stage(self, name: str) -> Any:
+        found = [stage for stage in self._collect(name, with_deps=False) if stage_name(stage, self.root) == name]
+        if len(found) != 1:
+            raise LaunchError(f"no stage {name} in {self.root}'s pipelines (was dvc.yaml changed since the plan was made?)")
+        return found[0]
+
+    def settle(self, job: Job) -> str:
+        """Just before ``job`` runs, as ``dvc repro`` does: ``up to date`` if the stage no longer
+        changed (what it needs came out the same), else its outputs are removed and
+        ``restored`` from the run-cache when DVC has this exact run, else ``run``."""
+        from dvc.stage.cache import RunCacheNotFoundError
+
+        with self._locked(wait_s=COMMIT_WAIT_S):
+            stage = self._stage(job.name)
+            if not self.force and not stage.changed():
+                return "up to date"
+            stage.remove_outs(ignore_remove=False, force=False)
+            if self.force:
+                return "run"
+            try:
+                self.repo.stage_cache.restore(stage)
+            except RunCacheNotFoundError:
+                return "run"
+            self._record(stage)
+        return "restored"
+
+    def commit(self, job: Job) -> None:
+        """After ``job`` succeeded: what ``dvc repro`` does after a stage's command (``dvc commit``)."""
+        with self._locked(wait_s=COMMIT_WAIT_S):
+            self._record(self._stage(job.name))
+
+    def _record(self, stage: Any) -> None:
+        """Save the stage's hashes (and its run-cache entry when all its outputs are cached),
+        commit its outputs to the cache and write its ``dvc.lock`` entry; git-stage the files
+        DVC changed when ``core.autostage`` is on, as ``dvc repro`` does."""
+        with self.repo.scm_context(quiet=True):
+            uncached = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+            stage.save(run_cache=not uncached)
+            stage.commit()
+            stage.dump(update_pipeline=False)

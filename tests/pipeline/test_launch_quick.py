@@ -1,0 +1,71 @@
+"""``lipbench launch --executor local --jobs 2`` runs the quick profile's training and
+evaluation stages of one dataset (moons, shrunk: two models, a few epochs) in a clone of the
+repository, leaves ``dvc status`` clean, runs nothing the second time, and produces what a
+plain ``dvc repro`` of the same targets produces in a second clone: every metric within
+check-repro's tolerances and the same trained weights, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from lipbench.report.check_repro import compare_values
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TARGET = "dvc.yaml:verify@moons"
+
+
+def _clone(destination: Path) -> None:
+    """A clone of the repository (the code under test copied over it: the job processes import
+    lipbench from the checkout), the quick profile shrunk to moons, two models and 3 epochs."""
+    subprocess.run(["git", "clone", "-q", str(REPO), str(destination)], check=True)
+    shutil.rmtree(destination / "lipbench")
+    shutil.copytree(REPO / "lipbench", destination / "lipbench", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(datasets=["moons"], models=["hkr", "standard"])
+    params["prepare"]["moons"]["n_samples"] = 300
+    params["train"]["moons"]["recipe"]["epochs"] = 3
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for folder in ("data/quick", "reports/quick"):
+        shutil.rmtree(destination / folder, ignore_errors=True)
+    (destination / "dvc.lock").unlink()
+
+
+def _run(command: list[str], cwd: Path) -> str:
+    # One thread per process in both clones: the same float rounding, so the same bytes.
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _metrics(root: Path) -> dict[str, object]:
+    folder = root / "reports/quick/metrics"
+    return {str(path.relative_to(folder)): json.loads(path.read_text()) for path in sorted(folder.rglob("*.json"))}
+
+
+def test_launch_runs_moons_like_dvc_repro_and_leaves_dvc_status_clean(tmp_path: Path) -> None:
+    launched, reproduced = tmp_path / "launch", tmp_path / "repro"
+    _clone(launched)
+    _clone(reproduced)
+    out = _run([str(BIN / "lipbench"), "launch", TARGET, "--executor", "local", "--jobs", "2"], launched)
+    assert "lipbench launch: 7 succeeded;" in out, out  # validate, prepare, 2 x train, certify, attack, verify
+    assert "Data and pipelines are up to date." in _run([str(BIN / "dvc"), "status", TARGET], launched)
+    assert "nothing to run: 7 stages up to date" in _run([str(BIN / "lipbench"), "launch", TARGET, "--jobs", "2"], launched)
+    _run([str(BIN / "dvc"), "repro", TARGET], reproduced)
+    fresh, reference = _metrics(launched), _metrics(reproduced)
+    assert sorted(fresh) == sorted(reference) and len(fresh) == 7  # 2 x (metrics, history) + 3 evaluations
+    mismatches = [row for name in reference for row in compare_values(name, reference[name], fresh[name]) if not row.ok]
+    assert not mismatches, mismatches
+    lock, reference_lock = (yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (launched, reproduced))
+    assert sorted(lock) == sorted(reference_lock)
+    for model in ("hkr", "standard"):
+        stage = f"train@moons-{model}-0"
+        assert lock[stage]["outs"][0] == reference_lock[stage]["outs"][0]  # weights.safetensors: path, md5, size
