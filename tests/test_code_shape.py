@@ -28,7 +28,7 @@ FLOORS: list[set[str]] = [
         "lipbench.entries",
     },
     {"lipbench.nn"},
-    {"lipbench.losses", "lipbench.data"},
+    {"lipbench.losses", "lipbench.losses_armor", "lipbench.data"},
     {"lipbench.methods"},
     {"lipbench.train"},
     {"lipbench.evaluate"},

@@ -1,6 +1,6 @@
-"""Method registry: the paper's methods (adv, lip1_log, gnp_hin, gnp_log, hkr) plus kr and
-standard, each an architecture kit + loss + training recipe. Third-party methods register
-through the ``lipbench.methods`` entry-point group."""
+"""Method registry: the paper's methods (adv, lip1_log, gnp_hin, gnp_log, hkr) plus kr,
+standard and ARMOR_D (armor_kl, armor_alpha), each an architecture kit + loss + training
+recipe. Third-party methods register through the ``lipbench.methods`` entry-point group."""
 
 from __future__ import annotations
 
@@ -22,6 +22,6 @@ __all__ = [
 ]
 
 # Built-in methods register themselves on import; the list is explicit on purpose.
-_BUILTIN_MODULES = ("lipbench.methods.builtin",)
+_BUILTIN_MODULES = ("lipbench.methods.builtin", "lipbench.methods.armor")
 for _module in _BUILTIN_MODULES:
     importlib.import_module(_module)

@@ -114,6 +114,12 @@ class Method:
         Overrides with the older signature ``loss_function(self, binary, params)`` keep
         working: the trainer then normalises each rank's loss over its own shard (see
         :mod:`lipbench.train.distributed`).
+
+        Learned loss variables: the loss may be an ``nn.Module`` with parameters (e.g.
+        ARMOR_D's λ and ν). The trainer then optimises them beside the network's (one more
+        parameter group, no weight decay), saves and restores its ``state_dict`` with the
+        checkpoint, and averages their gradients over ranks; they are never part of the
+        exported model. ``training_inputs`` receives this same object as ``loss``.
         """
         loss_params = {key: params[key] for key in self.defaults}
         return make_loss(self.loss, binary=binary, reduce=reduce, **loss_params, **self.fixed)

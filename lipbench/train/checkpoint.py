@@ -39,8 +39,15 @@ def run_fingerprint(config: TrainConfig, data_fingerprint: str) -> str:
 
 
 def save_checkpoint(
-    path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list
+    path: Path,
+    fingerprint: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list,
+    learned_loss: nn.Module | None = None,
 ) -> None:
+    """Write the resume state; ``learned_loss`` (a loss with learned variables) under "loss"."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "fingerprint": fingerprint,
@@ -49,6 +56,8 @@ def save_checkpoint(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
     }
+    if learned_loss is not None:
+        payload["loss"] = learned_loss.state_dict()
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
 

@@ -127,6 +127,20 @@ class DistributedContext:
                 "every rank must see the same files (a shared filesystem)"
             )
 
+    def average_gradients(self, module: nn.Module | None) -> None:
+        """Average ``module``'s parameter gradients over the ranks (a learned loss's
+        variables, which DDP does not see; a missing gradient counts as 0). Nothing with
+        one process or ``module`` None."""
+        if not self.enabled or module is None:
+            return
+        import torch.distributed as dist
+
+        for parameter in module.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad /= self.world_size
+
     def device_hint(self) -> torch.device:
         """A device the backend can communicate tensors on."""
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
@@ -248,6 +262,13 @@ class StepLoss:
     function: Callable[[Tensor, Tensor], Tensor]
     context: DistributedContext
     global_normalisers: bool
+
+    @property
+    def learned_loss(self) -> nn.Module | None:
+        """``function`` when it is a module with parameters: a loss with learned variables
+        (see :meth:`lipbench.methods.Method.loss_function`); else None."""
+        function = self.function
+        return function if isinstance(function, nn.Module) and any(True for _ in function.parameters()) else None
 
     def __call__(self, outputs: Tensor, labels: Tensor, global_size: int) -> tuple[Tensor, Tensor]:
         """``(objective, value)``: backpropagate ``objective``; ``value`` (float64,

@@ -175,11 +175,15 @@ def accuracy(
     return correct / max(total, 1)
 
 
-def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _optimizer(config: TrainConfig, model: nn.Module, learned_loss: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimiser; a learned loss's parameters are a second group without weight decay."""
     recipe = config.recipe
+    params: Any = model.parameters()
+    if learned_loss is not None:
+        params = [{"params": list(params)}, {"params": list(learned_loss.parameters()), "weight_decay": 0.0}]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=recipe.learning_rate, momentum=0.9, weight_decay=recipe.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(params, lr=recipe.learning_rate, momentum=0.9, weight_decay=recipe.weight_decay)
+    return torch.optim.Adam(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
 
 
 def _learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -254,13 +258,17 @@ def _start(
     method = get_method(config.method)
     set_determinism(config.seed, device, compiled=recipe.compile)
     model = method.build_model(config.input_shape, config.num_classes, config.architecture, recipe.conv_correction).to(device)
-    optimizer = _optimizer(config, model)
+    step_loss = make_step_loss(method, config.num_classes == 2, config.method_params, context)
+    learned_loss = step_loss.learned_loss.to(device) if step_loss.learned_loss is not None else None
+    optimizer = _optimizer(config, model, learned_loss)
     fingerprint = run_fingerprint(config, data_fingerprint(splits))
     checkpoint = load_checkpoint(checkpoint_path, fingerprint, device, talk=context.is_main)
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if learned_loss is not None:
+            learned_loss.load_state_dict(checkpoint["loss"])
         history = list(checkpoint["history"])
     start_epoch = int(checkpoint["epoch"]) if checkpoint is not None else 0
     context.agree(start_epoch, "the epoch to resume from")
@@ -273,7 +281,7 @@ def _start(
         model=model,
         trained=context.wrap(model, device),  # DDP when distributed; ``model`` stays the plain module
         optimizer=optimizer,
-        step_loss=make_step_loss(method, config.num_classes == 2, config.method_params, context),
+        step_loss=step_loss,
         parametrized=parametrized,
         fingerprint=fingerprint,
         history=history,
@@ -329,6 +337,7 @@ def _epoch(
         if device.type == "cpu" or step % _CHECK_EVERY == _CHECK_EVERY - 1:
             _raise_if_diverged(first_bad_step, value, run.label, epoch, checkpoint_path)
         loss.backward()
+        context.average_gradients(run.step_loss.learned_loss)  # DDP averages the model's only
         run.optimizer.step()
         loss_sum += value * global_size
         correct += (predictions(outputs.detach()) == y).sum()
@@ -363,7 +372,7 @@ def _train(
         if progress and context.is_main:
             tqdm.write(f"{run.label} epoch {epoch + 1}: loss {row['train_loss']:.4f}, test accuracy {row['test_accuracy']:.4f}")
         if writes is not None:
-            save_checkpoint(writes, run.fingerprint, run.model, run.optimizer, epoch + 1, run.history)
+            save_checkpoint(writes, run.fingerprint, run.model, run.optimizer, epoch + 1, run.history, run.step_loss.learned_loss)
     model, history = run.model, run.history
     model.eval()
     # The last epoch's test accuracy is of these very weights (a resumed, finished run included).

@@ -15,6 +15,7 @@ import yaml
 
 from lipbench.data import get_dataset
 from lipbench.evaluate.settings import evaluation_settings
+from lipbench.methods import list_methods
 from lipbench.profiles import load_profile
 from lipbench.runs import RunKey
 from lipbench.train import config_from_profile
@@ -144,7 +145,8 @@ def test_a_typo_in_the_models_is_lipbench_s_error_before_dvc_s(tmp_path):
     )
     output = run.stdout + run.stderr
     assert run.returncode != 0
-    assert "lipbench validate: error: unknown method 'hrk'; known methods: adv, gnp_hin" in output
+    known = ", ".join(list_methods())
+    assert f"lipbench validate: error: unknown method 'hrk'; known methods: {known}" in output
     assert "are missing" not in output and "Running stage 'prepare" not in output
 
 

@@ -1,0 +1,221 @@
+"""ARMOR_D (armor_kl, armor_alpha): the outer losses' re-weighting, the OT inner
+maximisation, parameter checks, and a real training whose λ, ν learn and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import lipbench.train.loop as loop
+from lipbench.data import load_dataset, prepare_dataset, take_tensors
+from lipbench.losses_armor import (
+    armor_alpha_loss,
+    armor_alpha_weights,
+    armor_kl_loss,
+    armor_kl_weights,
+    f_star_alpha,
+    per_sample_cross_entropy,
+    transport_cost,
+)
+from lipbench.methods import get_method
+from lipbench.methods.armor import ArmorLoss, ot_inner_maximisation
+from lipbench.nn.certificates import predictions
+from lipbench.profiles import load_profile
+from lipbench.runs import RunKey
+from lipbench.train import load_weights, run_training
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _batch(seed: int = 0, size: int = 12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    losses = (torch.rand(size, generator=generator, dtype=torch.float64) * 3).requires_grad_(True)
+    costs = torch.rand(size, generator=generator, dtype=torch.float64) * 0.5
+    return losses, costs, torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+
+
+def test_kl_loss_weights_the_batch_by_the_softmax_of_loss_over_lambda_minus_cost():
+    losses, costs, lam = _batch()
+    loss = armor_kl_loss(losses, costs, lam, radius=0.01)
+    grad_losses, grad_lam = torch.autograd.grad(loss, (losses, lam))
+    weights = torch.softmax(losses.detach() / lam.detach() - costs, dim=0)
+    torch.testing.assert_close(grad_losses, weights)
+    torch.testing.assert_close(armor_kl_weights(losses.detach(), costs, lam.detach()), weights)
+    assert float(weights.max()) > 2 * float(weights.min())  # a real re-weighting, not uniform
+    # d/dλ = ε + log mean exp(L/λ − c) − Σ_i w_i L_i / λ (envelope: x̃ is fixed).
+    scores = losses.detach() / lam.detach() - costs
+    expected = 0.01 + torch.log(torch.exp(scores).mean()) - (weights * losses.detach()).sum() / lam.detach()
+    torch.testing.assert_close(grad_lam, expected)
+
+
+def test_kl_loss_is_stable_where_exp_overflows():
+    losses = torch.tensor([1000.0, 999.0, 0.0])
+    value = armor_kl_loss(losses, torch.zeros(3), torch.tensor(0.01), radius=0.0)
+    # λ (logsumexp(L/λ) − log 3) = 1000 + 0.01 log((1 + e^{-100} + e^{-100000}) / 3)
+    assert torch.isfinite(value) and float(value) == pytest.approx(1000 + 0.01 * torch.log(torch.tensor(1 / 3)).item())
+
+
+def test_f_star_alpha_is_the_convex_conjugate_of_the_alpha_divergence_function():
+    alpha = 3.0
+    t = torch.linspace(0, 20, 200_001, dtype=torch.float64)
+    f = (t**alpha - 1) / (alpha * (alpha - 1))
+    for y in (-1.0, 0.0, 0.3, 1.7):
+        conjugate = (y * t - f).max()
+        assert float(f_star_alpha(torch.tensor(y, dtype=torch.float64), alpha)) == pytest.approx(float(conjugate), abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 3.0, 6.0])
+def test_alpha_loss_weights_the_batch_by_the_positive_part_power_and_zeroes_the_rest(alpha):
+    losses, costs, lam = _batch(1)
+    nu = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
+    loss = armor_alpha_loss(losses, costs, lam, nu, radius=0.01, alpha=alpha)
+    (grad_losses,) = torch.autograd.grad(loss, losses)
+    y = (losses.detach() - nu.detach()) / lam.detach() - costs
+    expected = torch.relu((alpha - 1) * y) ** (1 / (alpha - 1)) / len(y)
+    torch.testing.assert_close(grad_losses, expected)
+    torch.testing.assert_close(armor_alpha_weights(losses.detach(), costs, lam.detach(), nu.detach(), alpha) / len(y), expected)
+    dropped = y <= 0
+    assert 0 < int(dropped.sum()) < len(y)  # both kinds in the batch
+    assert bool((grad_losses[dropped] == 0).all()) and bool((grad_losses[~dropped] > 0).all())
+
+
+def test_the_armor_loss_module_uses_the_batch_costs_once_and_mixes_the_clean_term():
+    torch.manual_seed(0)
+    outputs, labels = torch.randn(8, 10), torch.arange(8) % 10
+    costs = torch.rand(8)
+    clean = per_sample_cross_entropy(torch.randn(8, 10), labels)
+    loss = ArmorLoss("kl", radius=0.1, lambda_init=2.0, clean_weight=0.25)
+    assert float(loss.lam.detach()) == pytest.approx(2.0)
+    loss.set_batch(costs, clean)
+    robust = armor_kl_loss(per_sample_cross_entropy(outputs, labels), costs, loss.lam, 0.1)
+    torch.testing.assert_close(loss(outputs, labels), 0.75 * robust + 0.25 * clean.mean())
+    # The next call without set_batch: x̃ = x, zero costs, clean term from these outputs.
+    plain = per_sample_cross_entropy(outputs, labels)
+    expected = 0.75 * armor_kl_loss(plain, torch.zeros(8), loss.lam, 0.1) + 0.25 * plain.mean()
+    torch.testing.assert_close(loss(outputs, labels), expected)
+    with pytest.raises(ValueError, match="3 transport costs for a batch of 8"):
+        loss.set_batch(torch.zeros(3), None)
+        loss(outputs, labels)
+
+
+def _objective(model, x, x_moved, y, lam, weight, power):
+    with torch.no_grad():
+        return per_sample_cross_entropy(model(x_moved), y) / lam - transport_cost(x, x_moved, weight, power)
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.3])
+def test_inner_maximisation_increases_its_objective_in_the_box_and_the_projection_ball(radius):
+    torch.manual_seed(0)
+    model = get_method("armor_kl").build_model((1, 8, 8), 10, "digits_dense")
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    lam, weight, power = 0.5, 0.1, 1.5
+    moved = ot_inner_maximisation(
+        model, x, y, lam, weight, power, steps=10, step_size=0.2, projection_radius=radius, bounds=(0.0, 1.0)
+    )
+    start, end = _objective(model, x, x, y, lam, weight, power), _objective(model, x, moved, y, lam, weight, power)
+    assert bool((end >= start).all()) and int((end > start + 1e-4).sum()) >= 30
+    assert float(moved.min()) >= 0.0 and float(moved.max()) <= 1.0
+    distance = (moved - x).flatten(1).norm(dim=1)
+    if radius:
+        assert float(distance.max()) <= radius + 1e-5
+    else:
+        assert float(distance.max()) > 0.3  # unprojected: beyond the other case's ball
+
+
+def test_inner_maximisation_stops_where_the_cost_outweighs_the_loss():
+    """A huge cost weight: any move costs more than it gains, so x̃ = x."""
+    torch.manual_seed(0)
+    model = get_method("armor_kl").build_model((1, 8, 8), 10, "digits_dense")
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    moved = ot_inner_maximisation(model, x, y, 1.0, 1e4, 1.5, steps=5, step_size=0.1, bounds=(0.0, 1.0))
+    assert torch.equal(moved, x)
+
+
+@pytest.mark.parametrize(
+    "method, params, message",
+    [
+        ("armor_kl", {"lambda_init": 0.0}, r"lambda_init must be > 0, got 0.0"),
+        ("armor_alpha", {"alpha": 1.0}, r"alpha must be > 1, got 1.0"),
+        ("armor_kl", {"cost_weight": -0.1}, r"cost_weight must be >= 0, got -0.1"),
+        ("armor_kl", {"clean_weight": 1.5}, r"clean_weight must be >= 0 and <= 1, got 1.5"),
+        ("armor_kl", {"steps": 2.5}, r"steps must be an integer"),
+        ("armor_kl", {"alpha": 2.0}, r"does not take alpha"),
+    ],
+)
+def test_out_of_range_parameters_are_refused_naming_the_key_and_the_range(method, params, message):
+    with pytest.raises(ValueError, match=message):
+        get_method(method).resolve_params(params)
+
+
+@pytest.fixture(scope="module")
+def prepared_digits(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("digits")
+    prepare_dataset("digits", folder / "data", {"seed": 0, "test_fraction": 0.25})
+    return folder / "data"
+
+
+def _digits_profile(folder: Path, data: Path) -> Path:
+    params = {
+        "profile": "tiny",
+        "root": ".",
+        "params_file": "params.yaml",
+        "paths": {name: str(folder / name) for name in ("models", "evaluation", "metrics", "reports")} | {"data": str(data)},
+        "datasets": ["digits"],
+        "models": ["armor_kl", "armor_alpha"],
+        "seeds": [0],
+        "prepare": {"mirror": "", "digits": {"seed": 0, "test_fraction": 0.25}},
+        "train": {
+            "device": "cpu",
+            "digits": {
+                "recipe": {"epochs": 2, "batch_size": 256, "learning_rate": 0.01},
+                "armor_kl": {"steps": 2},
+                "armor_alpha": {"steps": 2},
+            },
+        },
+    }
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("method", ["armor_kl", "armor_alpha"])
+def test_training_learns_lambda_and_nu_exports_and_resumes_to_the_uninterrupted_run(
+    method, tmp_path, prepared_digits, monkeypatch
+):
+    profile = load_profile(_digits_profile(tmp_path, prepared_digits))
+    key = RunKey("digits", method, 0)
+    run_training(profile, key, tmp_path / "whole", tmp_path / "whole-metrics", progress=False)
+    state = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=True)["loss"]
+    initial = get_method(method).loss_function(False, get_method(method).resolve_params({})).state_dict()
+    assert set(state) == ({"raw_lambda", "nu"} if method == "armor_alpha" else {"raw_lambda"})
+    assert all(abs(float(state[name]) - float(initial[name])) > 1e-3 for name in state)
+    # The exported weights reload and score what the summary says.
+    model, _ = load_weights(tmp_path / "whole/weights.safetensors")
+    x, y = take_tensors(load_dataset("digits", prepared_digits, {"seed": 0, "test_fraction": 0.25}).test)
+    with torch.no_grad():
+        accuracy = int((predictions(model(x)) == y).sum()) / len(y)
+    metrics = json.loads((tmp_path / "whole-metrics/metrics.json").read_text())
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9) and accuracy > 0.3
+
+    # Interrupted after epoch 1, then resumed: the same λ, ν and weights as the whole run.
+    original = loop._epoch
+
+    def interrupted(run, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(run, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(profile, key, tmp_path / "cut", tmp_path / "cut-metrics", progress=False)
+    assert torch.load(tmp_path / "cut/checkpoint.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(loop, "_epoch", original)
+    summary = run_training(profile, key, tmp_path / "cut", tmp_path / "cut-metrics", progress=False)
+    assert summary.timing.resumed_from_epoch == 1
+    resumed = torch.load(tmp_path / "cut/checkpoint.pt", weights_only=True)["loss"]
+    assert all(torch.equal(resumed[name], state[name]) for name in state)
+    assert (tmp_path / "cut/weights.safetensors").read_bytes() == (tmp_path / "whole/weights.safetensors").read_bytes()
