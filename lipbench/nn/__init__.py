@@ -16,6 +16,7 @@ from lipbench.nn.bounds import (
     lipschitz_upper_bound,
 )
 from lipbench.nn.export import check_finite, export, unconstrained_twin
+from lipbench.nn.graph_bounds import graph_lipschitz_upper_bound
 from lipbench.nn.layers import (
     FullSort,
     GlobalL2NormPool2d,
@@ -49,6 +50,7 @@ __all__ = [
     "LayerBound",
     "LipschitzUpperBound",
     "lipschitz_upper_bound",
+    "graph_lipschitz_upper_bound",
     "conv2d_operator_norm_bound",
     "dense_operator_norm",
     "LipschitzLowerBound",
