@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lipbench.profiles import Profile
-from lipbench.report.inputs import ReportInputs, read_inputs
+from lipbench.report.freshness import check_train_records, refresh_stage_records
+from lipbench.report.inputs import ReportInputs, check_inputs, read_inputs
 from lipbench.runs import RunKey
 
 __all__ = ["KEPT", "expected_figures", "build_report"]
@@ -92,7 +93,11 @@ def build_report(
 
     started = time.perf_counter()
     log = (lambda message: print(f"lipbench report: {message}", flush=True)) if progress else (lambda message: None)
-    inputs = read_inputs(profile)
+    check_inputs(profile)
+    for note in refresh_stage_records(profile):  # said even when quiet: the tracked records changed
+        print(f"lipbench report: {note}", flush=True)
+    check_train_records(profile)
+    inputs = read_inputs(profile, check=False)
     sources = notebook_sources(notebooks_dir or NOTEBOOKS_DIR)
     expected = expected_figures(inputs)
     reports_dir = profile.path_of("reports")

@@ -51,12 +51,13 @@ ENVIRONMENT = {
 }
 
 
+RECIPE = {"epochs": 3, "batch_size": 64, "learning_rate": 0.005}
+HKR_MARGINS = {"moons": 0.1, "digits": 0.3}
+
+
 def write_params(root: Path, data_dir: Path, models: list[str] = MODELS) -> Path:
     """A profile params file whose paths all point under ``root`` (data: the shared ``data_dir``)."""
-    train = {d: {"recipe": {"epochs": 3, "batch_size": 64, "learning_rate": 0.005}, **{m: {} for m in models}} for d in PREPARE}
-    for dataset, margin in (("moons", 0.1), ("digits", 0.3)):
-        if "hkr" in models:
-            train[dataset]["hkr"] = {"alpha": 50.0, "margin": margin}
+    train = {d: {"recipe": dict(RECIPE), **{m: _method_params(d, m) for m in models}} for d in PREPARE}
     evaluate = {"device": "cpu", "batch_size": 256, "workers": 1}
     for dataset, eps in EPSILONS.items():
         evaluate[dataset] = {
@@ -89,6 +90,11 @@ def write_params(root: Path, data_dir: Path, models: list[str] = MODELS) -> Path
     return path
 
 
+def _method_params(dataset: str, model: str) -> dict:
+    """The fixture profile's parameters of ``model`` (what its training record says it used)."""
+    return {"alpha": 50.0, "margin": HKR_MARGINS[dataset]} if model == "hkr" else {}
+
+
 def _train_summary(key: RunKey, rng: np.random.Generator, test_examples: int) -> TrainSummary:
     method = get_method(key.model)
     return TrainSummary(
@@ -101,8 +107,8 @@ def _train_summary(key: RunKey, rng: np.random.Generator, test_examples: int) ->
         constrained=method.constrained,
         architecture=f"{key.dataset}_dense",
         reference=Reference(**method.reference),
-        method_params={},
-        recipe={"epochs": 3},
+        method_params=_method_params(key.dataset, key.model),
+        recipe=dict(RECIPE),
         epochs=3,
         train_accuracy=0.95,
         test_accuracy=float(rng.uniform(0.8, 1.0)),
