@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lipbench.profiles import Profile
-from lipbench.report.freshness import check_train_records, refresh_stage_records
+from lipbench.report.freshness import refresh_stage_records, refresh_train_records
 from lipbench.report.inputs import ReportInputs, check_inputs, read_inputs
 from lipbench.runs import RunKey
 
@@ -94,9 +94,8 @@ def build_report(
     started = time.perf_counter()
     log = (lambda message: print(f"lipbench report: {message}", flush=True)) if progress else (lambda message: None)
     check_inputs(profile)
-    for note in refresh_stage_records(profile):  # said even when quiet: the tracked records changed
+    for note in refresh_train_records(profile) + refresh_stage_records(profile):  # said even when quiet
         print(f"lipbench report: {note}", flush=True)
-    check_train_records(profile)
     inputs = read_inputs(profile, check=False)
     sources = notebook_sources(notebooks_dir or NOTEBOOKS_DIR)
     expected = expected_figures(inputs)

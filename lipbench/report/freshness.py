@@ -10,22 +10,28 @@ reads anything:
 * evaluation stages: each model's ``summary.json`` in the stage's output folder (restored with
   it) is the truth; a dataset record whose summaries differ from them is rewritten from them
   (``recomputed``: none; ``seconds``: the models' summed seconds), and the report says so;
-* training: a record whose method parameters or recipe disagree with the profile is refused,
-  naming the stage to rerun (the weights file is the output DVC restored; the record is not).
+* training: the report keeps each training record it publishes in a local store keyed by the
+  sha256 of its weights file (``<data>/train_records/<sha256>/``, outside DVC and git). A record
+  whose method parameters or recipe disagree with the profile is replaced by the stored record
+  of the weights DVC restored, or, where this workspace never published one, refused, naming
+  the commands that rerun the stage.
 
 Light module: no torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from lipbench.io import write_text_atomic
 from lipbench.profiles import Profile
 from lipbench.runs import Layout, RunKey, run_keys
 from lipbench.summaries import STAGE_SUMMARIES, StageMetrics, TrainSummary, read_summary
 
-__all__ = ["StaleRecordError", "refresh_stage_records", "check_train_records"]
+__all__ = ["StaleRecordError", "refresh_stage_records", "refresh_train_records", "record_store"]
 
 EVALUATION_STAGES = ("certify", "attack", "verify")
 
@@ -64,26 +70,57 @@ def _disagreements(wanted: Mapping[str, Any], recorded: Mapping[str, Any]) -> li
     return [f"{name}: params {wanted[name]!r}, record {recorded.get(name)!r}" for name in differing]
 
 
-def _train_problems(profile: Profile, layout: Layout, key: RunKey) -> list[str]:
-    summary = read_summary(layout.train_summary(key), TrainSummary)
+def _differences(profile: Profile, key: RunKey, record: Path) -> list[str]:
+    """How the training record ``record`` disagrees with the profile's recipe and parameters."""
+    summary = read_summary(record, TrainSummary)
     train = profile.params.get("train", {}).get(key.dataset, {})
-    differences = _disagreements(train.get("recipe") or {}, summary.recipe)
-    differences += _disagreements(train.get(key.model) or {}, summary.method_params)
-    return [f"{layout.train_summary(key)} ({'; '.join(differences)})"] if differences else []
+    recipe = _disagreements(train.get("recipe") or {}, summary.recipe)
+    return recipe + _disagreements(train.get(key.model) or {}, summary.method_params)
 
 
-def check_train_records(profile: Profile) -> None:
-    """Raise :class:`StaleRecordError` when a training record's recipe or method parameters
-    differ from the profile's (a training stage DVC restored from its run-cache keeps the
-    record of another run), naming each record and the command that rewrites it."""
+def record_store(profile: Profile, layout: Layout, key: RunKey) -> Path | None:
+    """Where the report keeps the training record of ``key``'s current weights file (None
+    without a weights file: nothing to key it by)."""
+    weights = layout.weights(key)
+    if not weights.is_file():
+        return None
+    return profile.path_of("data") / "train_records" / hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def _record_files(layout: Layout, key: RunKey) -> tuple[Path, Path]:
+    return layout.train_summary(key), layout.train_history(key)
+
+
+def _refresh_train_record(profile: Profile, layout: Layout, key: RunKey) -> str | None:
+    """Store an agreeing record (None); replace a disagreeing one by the stored record of the
+    same weights (a note); raise :class:`StaleRecordError` when there is none."""
+    store, files = record_store(profile, layout, key), _record_files(layout, key)
+    differences = _differences(profile, key, files[0])
+    if not differences:
+        if store is not None and not (store / files[0].name).is_file():
+            for path in reversed(files):  # the record last: its presence marks a complete entry
+                write_text_atomic(store / path.name, path.read_text(encoding="utf-8"))
+        return None
+    if store is not None and (store / files[0].name).is_file() and not _differences(profile, key, store / files[0].name):
+        for path in files:
+            write_text_atomic(path, (store / path.name).read_text(encoding="utf-8"))
+        return f"{files[0]} described another run (DVC restored the stage from its run-cache): replaced by {store}"
+    stage = _train_stage(profile, key)
+    raise StaleRecordError(
+        f"{files[0]} describes another run than the profile's ({'; '.join(differences)}): DVC restored "
+        f"{stage} from its run-cache, which does not restore this git-tracked record, and this workspace "
+        f"never published the record of the restored weights; rerun the stage: `dvc repro --force {stage}` "
+        "(or `dvc exp run --no-run-cache ...`)"
+    )
+
+
+def refresh_train_records(profile: Profile) -> list[str]:
+    """Make every training record agree with the weights DVC restored (see the module
+    docstring); return one line per replaced record, raise :class:`StaleRecordError` where
+    no stored record can replace a disagreeing one."""
     layout = Layout.of(profile)
-    problems = [(key, problem) for key in run_keys(profile) for problem in _train_problems(profile, layout, key)]
-    if problems:
-        lines = [f"{problem}: run `dvc repro --force {_train_stage(profile, key)}`" for key, problem in problems]
-        raise StaleRecordError(
-            "training records describe other runs than the profile's (DVC restores a stage's outputs from its "
-            "run-cache, not the git-tracked record beside them):\n  " + "\n  ".join(lines)
-        )
+    notes = [_refresh_train_record(profile, layout, key) for key in run_keys(profile)]
+    return [note for note in notes if note is not None]
 
 
 def _train_stage(profile: Profile, key: RunKey) -> str:
