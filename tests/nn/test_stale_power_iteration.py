@@ -222,8 +222,8 @@ def test_a_two_epoch_run_interrupted_after_the_issue_epoch_resumes_into_a_finite
     name = "save_checkpoint"  # the loop's own reference to the checkpoint writer
     save = getattr(training_loop, name)
 
-    def save_then_stop(path, fingerprint, model, optimizer, epoch, history):
-        save(path, fingerprint, model, optimizer, epoch, history)
+    def save_then_stop(path, fingerprint, model, optimizer, epoch, history, learned_loss=None):
+        save(path, fingerprint, model, optimizer, epoch, history, learned_loss)
         # The checkpointed weights, as an interrupted run leaves them: the eval model is finite.
         assert all(torch.isfinite(layer.weight).all() for layer in spectral_layers(model.eval()))
         raise Interrupted
