@@ -75,7 +75,9 @@ def _differences(profile: Profile, key: RunKey, record: Path) -> list[str]:
     summary = read_summary(record, TrainSummary)
     train = profile.params.get("train", {}).get(key.dataset, {})
     recipe = _disagreements(train.get("recipe") or {}, summary.recipe)
-    return recipe + _disagreements(train.get(key.model) or {}, summary.method_params)
+    params = dict(train.get(key.model) or {})
+    method = _disagreements({"method": params.pop("method", key.model)}, {"method": summary.method})  # a variant's method
+    return recipe + method + _disagreements(params, summary.method_params)
 
 
 def record_store(profile: Profile, layout: Layout, key: RunKey) -> Path | None:

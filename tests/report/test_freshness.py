@@ -66,6 +66,16 @@ def test_a_training_record_of_other_parameters_is_refused_with_the_stage_to_reru
     assert f"`dvc repro --force {fixture_params.parent / 'dvc.yaml'}:train@moons-hkr-0`" in message
 
 
+def test_a_variant_names_its_method_and_is_checked_against_the_recorded_method(fixture_params: Path) -> None:
+    profile = load_profile(fixture_params)
+    record = Layout.of(profile).train_summary(RunKey("moons", "hkr", 0))
+    _set_params(fixture_params, lambda params: params["train"]["moons"]["hkr"].update(method="hkr"))
+    assert refresh_train_records(load_profile(fixture_params)) == []  # `method: hkr` is the record's method
+    write_summary(record, dataclasses.replace(read_summary(record, TrainSummary), method="kr"))
+    with pytest.raises(StaleRecordError, match="method: params 'hkr', record 'kr'"):
+        refresh_train_records(load_profile(fixture_params))
+
+
 def test_a_training_record_of_other_weights_is_replaced_by_the_stored_record_of_the_restored_ones(
     fixture_params: Path,
 ) -> None:
