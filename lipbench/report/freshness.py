@@ -28,12 +28,10 @@ from typing import Any
 
 from lipbench.io import write_text_atomic
 from lipbench.profiles import Profile
-from lipbench.runs import Layout, RunKey, run_keys
+from lipbench.runs import EVALUATION_STAGES, Layout, RunKey, run_keys
 from lipbench.summaries import STAGE_SUMMARIES, StageMetrics, TrainSummary, read_summary
 
 __all__ = ["StaleRecordError", "refresh_stage_records", "refresh_train_records", "record_store"]
-
-EVALUATION_STAGES = ("certify", "attack", "verify")
 
 
 class StaleRecordError(ValueError):
