@@ -196,18 +196,31 @@ def multiclass_hinge_loss(logits: Tensor, labels: Tensor, margin: float = 1.0, r
     return _mean(violations.sum(1), size)
 
 
-def cross_entropy_loss(logits: Tensor, labels: Tensor, temperature: float = 1.0, reduce: Reduce | None = None) -> Tensor:
-    """Cross-entropy (log loss) on ``temperature * logits``; binary single-logit models use
-    the logistic loss. 1-Lipschitz networks have small logits, so a temperature > 1 is
-    common for 1LIP_log / GNP_log."""
+def cross_entropy_loss(
+    logits: Tensor, labels: Tensor, temperature: float = 1.0, offset: float = 0.0, reduce: Reduce | None = None
+) -> Tensor:
+    """Cross-entropy (log loss) on ``temperature * (logits - offset * onehot(labels))``; binary
+    single-logit models use the logistic loss on ``temperature * (f - offset * (2y - 1))``.
+
+    1-Lipschitz networks have small logits, so a temperature > 1 is common for 1LIP_log /
+    GNP_log. The offset is the certificate-aware cross-entropy of Prach & Lampert (ECCV 2022)
+    used by Prach et al. (CVPR 2024) for every layer family: the true logit must win by
+    ``offset`` before the loss is small (their ``LipCrossEntropyLoss(margin, temperature)``
+    divides by its temperature: theirs 0.25 is our 4.0).
+    """
     if logits.ndim == 1 or logits.shape[1] == 1:
         scores = _binary_scores(logits)
         _binary_signs(labels, scores.dtype)
+        targets = labels.to(scores.dtype)
+        if offset:
+            scores = scores - offset * (2 * targets - 1)
         if reduce is None:
-            return F.binary_cross_entropy_with_logits(temperature * scores, labels.to(scores.dtype))
-        total = F.binary_cross_entropy_with_logits(temperature * scores, labels.to(scores.dtype), reduction="sum")
+            return F.binary_cross_entropy_with_logits(temperature * scores, targets)
+        total = F.binary_cross_entropy_with_logits(temperature * scores, targets, reduction="sum")
         return total / _batch_size(labels, scores.dtype, reduce).clamp_min(1)
     _check_class_labels(logits, labels)
+    if offset:
+        logits = logits - offset * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     if reduce is None:
         return F.cross_entropy(temperature * logits, labels)
     total = F.cross_entropy(temperature * logits, labels, reduction="sum")
@@ -250,6 +263,8 @@ def make_loss(name: str, binary: bool, reduce: Reduce | None = None, **params: f
         raise ValueError("positive_hinge_weight and temperature must be > 0")
     if params.get("alpha", 0.0) < 0:
         raise ValueError("alpha (λ) must be >= 0")
+    if params.get("offset", 0.0) < 0:
+        raise ValueError("offset must be >= 0")
 
     def loss(outputs: Tensor, labels: Tensor) -> Tensor:
         return function(outputs, labels, **params, reduce=reduce)

@@ -20,6 +20,7 @@ from lipbench.profiles import Profile
 
 __all__ = [
     "EVALUATION_STAGES",
+    "MODEL_STAGES",
     "PATH_TEMPLATES",
     "RunKey",
     "Layout",
@@ -28,6 +29,10 @@ __all__ = [
 
 #: The per-dataset evaluation stages, in pipeline order.
 EVALUATION_STAGES = ("certify", "attack", "verify")
+
+#: Every per-dataset stage after training that the report reads: the evaluation stages, then
+#: the explain stage (:mod:`lipbench.explain`), which reads the certify and attack outputs.
+MODEL_STAGES = (*EVALUATION_STAGES, "explain")
 
 #: Path templates; ``{data}``, ``{models}``, ``{evaluation}``, ``{metrics}`` and ``{reports}``
 #: are the profile's ``paths`` entries.

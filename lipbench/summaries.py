@@ -34,6 +34,7 @@ __all__ = [
     "AttackSummary",
     "LayerCheck",
     "VerifySummary",
+    "ExplainSummary",
     "StageMetrics",
     "STAGE_SUMMARIES",
     "read_summary",
@@ -289,13 +290,53 @@ class VerifySummary(_Keyed):
         return self.status == "verified"
 
 
+# ----------------------------------------------------------------------------- explain
+
+
+@dataclass(frozen=True)
+class ExplainSummary(_Keyed):
+    """One model's explain stage (:mod:`lipbench.explain.run`): means over the first ``points``
+    test points (``None``: no point defined it); ``counterfactual_violations``: points whose
+    counterfactual is nearer than their certified radius (impossible under a valid certificate)."""
+
+    stage: ClassVar[str] = "explain"
+    dataset: str
+    model: str
+    seed: int
+    fingerprint: str
+    points: int
+    margin: str
+    settings: dict[str, Any]
+    fidelity_subset_size: int
+    gradient_norm: float | None
+    deletion_auc: float | None
+    insertion_auc: float | None
+    mu_fidelity: float | None
+    max_sensitivity: float | None
+    complexity: float | None
+    sparseness: float | None
+    alignment: dict[str, float | None]
+    alignment_points: dict[str, int]
+    counterfactual_flipped: int
+    counterfactual_median_distance: float | None
+    counterfactual_over_radius: float | None
+    counterfactual_over_min_adversarial: float | None
+    counterfactual_min_distance_minus_radius: float | None
+    counterfactual_violations: list[int]
+    seconds: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
+    external: str | None = None
+    reused: bool = False
+
+
 STAGE_SUMMARIES: Mapping[str, type[_Keyed]] = {
     "train": TrainSummary,
     "certify": CertifySummary,
     "attack": AttackSummary,
     "verify": VerifySummary,
+    "explain": ExplainSummary,
 }
-StageSummary = CertifySummary | AttackSummary | VerifySummary
+StageSummary = CertifySummary | AttackSummary | VerifySummary | ExplainSummary
 
 
 def read_summary(path: str | Path, cls: type[S]) -> S:

@@ -1,5 +1,10 @@
-"""``lipbench evaluate --dataset D --model M --weights FILE``: certify, attack and verify an
-externally trained checkpoint (safetensors only) and add it to the profile's leaderboard."""
+"""``lipbench evaluate``: certify, attack and verify a model trained elsewhere and add it to the
+profile's leaderboard.
+
+* a model built elsewhere: ``--dataset D --model FILE.onnx [--card CARD.yaml] [--name N]``
+  (the card defaults to ``FILE.card.yaml`` next to the model);
+* weights of one of lipbench's architectures: ``--dataset D --weights FILE.safetensors --variant VARIANT``.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,54 @@ import argparse
 import sys
 from pathlib import Path
 
+_OLD_USAGE = (
+    "--model now names a model file (FILE.onnx with --card CARD.yaml); for weights of lipbench's own "
+    "architectures use --weights FILE.safetensors --variant VARIANT"
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="profile params file")
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--model", required=True, help="the profile's model variant whose architecture the weights fit")
-    parser.add_argument("--weights", type=Path, required=True, help="a .safetensors file (pickles are refused)")
+    parser.add_argument("--model", default=None, help="a model built elsewhere: an ONNX file (pickles are refused)")
+    parser.add_argument("--card", type=Path, default=None, help="the model's card (default: MODEL.card.yaml next to it)")
+    parser.add_argument("--weights", type=Path, default=None, help="a .safetensors file of a lipbench architecture")
+    parser.add_argument("--variant", default=None, help="with --weights: the profile's model variant the weights fit")
     parser.add_argument("--name", default=None, help="leaderboard name (default: the file's stem)")
-    parser.add_argument("--reported", type=float, default=None, help="clean accuracy the model's authors claim (fraction)")
+    parser.add_argument("--reported", type=float, default=None, help="with --weights: the clean accuracy its authors claim")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
+
+
+def _check_usage(args: argparse.Namespace) -> None:
+    """``ValueError`` (exit 2) for a mix of the two forms, or the old ``--model VARIANT --weights FILE``."""
+    if args.weights is not None:
+        model_file = args.model is not None and Path(args.model).suffix == ".onnx" and Path(args.model).is_file()
+        if args.model is not None and not model_file:
+            raise ValueError(_OLD_USAGE)
+        if model_file or args.card is not None:
+            raise ValueError("give either --model FILE.onnx [--card CARD] or --weights FILE --variant VARIANT, not both")
+        if args.variant is None:
+            raise ValueError("--weights needs --variant VARIANT: the profile's model variant whose architecture the weights fit")
+    elif args.model is None:
+        raise ValueError("give --model FILE.onnx (a model built elsewhere) or --weights FILE.safetensors --variant VARIANT")
+    elif args.variant is not None or args.reported is not None:
+        raise ValueError("--variant and --reported go with --weights; a model file's card gives its claims")
 
 
 def run(args: argparse.Namespace) -> int:
     from lipbench.entries import accuracy_at
-    from lipbench.evaluate.external import evaluate_external
+    from lipbench.evaluate.external import evaluate_external, evaluate_foreign
     from lipbench.evaluate.run import VerificationFailed
     from lipbench.profiles import load_profile
 
-    name = args.name or args.weights.stem
+    _check_usage(args)
+    profile = load_profile(args.params)
+    name = args.name or Path(args.weights or args.model).stem
     try:
-        entry = evaluate_external(
-            load_profile(args.params), args.dataset, args.model, args.weights, name, args.progress, args.reported
-        )
+        if args.weights is not None:
+            entry = evaluate_external(profile, args.dataset, args.variant, args.weights, name, args.progress, args.reported)
+        else:
+            entry = evaluate_foreign(profile, args.dataset, Path(args.model), args.card, name, args.progress)
     except VerificationFailed as failure:
         print(f"lipbench evaluate: {name} FAILED verification (entry written, flagged):\n{failure}", file=sys.stderr)
         return 1
@@ -38,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
         f"certified {accuracy_at(entry['certified_acc'], eps):.3f} and AutoAttack {entry['autoattack_acc']} at eps {eps:g}; "
         "verified. Run `dvc repro` to refresh the leaderboard."
     )
+    for flag in entry.get("flags", []):
+        print(f"lipbench evaluate: flagged: {flag}", file=sys.stderr)
     return 0

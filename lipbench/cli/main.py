@@ -22,6 +22,7 @@ _COMMANDS = {
     "certify": ("lipbench.cli.evaluate_stage", "certified radii and certified accuracy of a dataset's models"),
     "attack": ("lipbench.cli.evaluate_stage", "attack a dataset's models (foolbox + AutoAttack, certificate pruning)"),
     "verify": ("lipbench.cli.evaluate_stage", "soundness gate: lower vs upper bound, no certificate beaten"),
+    "explain": ("lipbench.cli.explain", "saliency maps of a dataset's models: faithfulness, stability, counterfactuals"),
     "report": ("lipbench.cli.report", "figures, tables, leaderboard and index.html of a profile"),
     "evaluate": ("lipbench.cli.evaluate", "evaluate an externally trained checkpoint and add it to the leaderboard"),
     "check-repro": ("lipbench.cli.check_repro", "compare fresh metrics with the committed ones"),

@@ -14,11 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lipbench.evaluate.validate import validate_profile
+    from lipbench.explain.settings import explain_settings
     from lipbench.io import write_json_atomic
     from lipbench.profiles import load_profile
 
     profile = load_profile(args.params)
     keys = validate_profile(profile)
+    for dataset in profile.datasets:  # the explain stage's settings (a later floor than evaluate)
+        explain_settings(profile, dataset)
     if args.out is not None:  # constant content: stages after it rerun only when a check fails
         write_json_atomic(args.out, {"profile": profile.name, "valid": True})
     print(f"lipbench validate: {profile.path}: {len(keys)} runs and {len(profile.datasets)} datasets resolve")

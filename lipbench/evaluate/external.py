@@ -1,27 +1,41 @@
-"""Evaluate an externally trained checkpoint through the same certify, attack and verify
+"""Evaluate an externally trained model through the same certify, attack and verify
 code as the pipeline's own models, and add it to the profile's leaderboard.
 
-The checkpoint must be a safetensors file (pickles are refused and never opened as
-pickles): either a lipbench weights file, or a plain state dict of the exported
-architecture of ``--model`` on ``--dataset`` (keys as in ``export(model).state_dict()``,
-optionally prefixed ``exported.``).
+:func:`evaluate_external`: a safetensors checkpoint of one of lipbench's architectures (pickles
+are refused and never opened as pickles): either a lipbench weights file, or a plain state dict
+of the exported architecture of the variant on ``--dataset`` (keys as in
+``export(model).state_dict()``, optionally prefixed ``exported.``).
+
+:func:`evaluate_foreign`: a model built elsewhere, an ONNX file and its model card
+(:mod:`lipbench.evaluate.foreign`, :mod:`lipbench.evaluate.model_card`). A model at chance
+level on the certify points is refused for publication; one far below its card's claimed clean
+accuracy is flagged in its entry.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from lipbench.entries import build_entry
-from lipbench.evaluate.model_stages import check_weights_match
+from lipbench.entries import build_entry, validate_entry
+from lipbench.environment import source_fingerprint
+from lipbench.evaluate.foreign import ForeignModel, load_foreign
+from lipbench.evaluate.model_card import ModelCard, default_card_path, load_model_card
+from lipbench.evaluate.model_stages import GivenModel, check_weights_match, evaluation_points
 from lipbench.evaluate.run import VerificationFailed, evaluate_one, fingerprint
-from lipbench.evaluate.settings import evaluation_settings
+from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
 from lipbench.io import write_json_atomic
 from lipbench.methods import get_method
 from lipbench.nn import export
+from lipbench.nn.certificates import predictions
 from lipbench.profiles import Profile
 from lipbench.runs import Layout, RunKey
 from lipbench.summaries import ModelDescription, Reference
@@ -35,7 +49,7 @@ from lipbench.train.artifacts import (
     save_weights,
 )
 
-__all__ = ["evaluate_external"]
+__all__ = ["evaluate_external", "evaluate_foreign", "chance_threshold", "claim_gap_limit"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -97,6 +111,105 @@ def evaluate_external(
     entry = build_entry(
         profile.name, _description(metadata), summaries["certify"], summaries["attack"], summaries["verify"], reported=reported
     )
+    write_json_atomic(layout.external_entries() / f"{dataset}-{name}.json", entry)
+    if not summaries["verify"].verified:
+        raise VerificationFailed("\n".join(summaries["verify"].failures))
+    return entry
+
+
+def chance_threshold(num_classes: int, points: int) -> float:
+    """Clean accuracy at or below which a model is at chance level: ``1/K`` plus 3 binomial standard deviations
+    of the accuracy of a random guesser on ``points`` points (a guesser passes it with probability ~0.1%)."""
+    p = 1.0 / num_classes
+    return p + 3.0 * math.sqrt(p * (1.0 - p) / points)
+
+
+def claim_gap_limit(claimed: float, points: int) -> float:
+    """How far below a claimed clean accuracy a measurement may fall before it is flagged: 3 binomial standard
+    deviations on ``points`` points, and at least 5 points of accuracy (the test sets may differ)."""
+    return max(0.05, 3.0 * math.sqrt(claimed * (1.0 - claimed) / points))
+
+
+def _check_not_chance(foreign: ForeignModel, x: torch.Tensor, y: torch.Tensor, card: ModelCard, batch: int) -> float:
+    with torch.no_grad():
+        logits = torch.cat([foreign.model(chunk) for chunk in x.split(batch)])
+    accuracy = float((predictions(logits) == y).double().mean())
+    limit = chance_threshold(card.num_classes, len(y))
+    if accuracy <= limit:
+        raise ValueError(
+            f"{card.path}: clean accuracy {accuracy:.3f} on the first {len(y)} test points is at chance level "
+            f"(<= 1/{card.num_classes} + 3 binomial sigma = {limit:.3f}): refused for publication. Check the card's "
+            "class order, input range and normalisation against the model's training"
+        )
+    return accuracy
+
+
+def _foreign_fingerprint(stage: str, foreign: ForeignModel, card: ModelCard, settings: EvaluationSettings) -> str:
+    payload = json.dumps([stage, foreign.sha256, card.as_dict(), settings.for_stage(stage), source_fingerprint()])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _foreign_entry(profile: Profile, card: ModelCard, foreign: ForeignModel, summaries: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard entry, with the file's sha256, the card, the input space and any flag."""
+    factor = 1.0 if card.std is None else 1.0 / min(card.std)  # the normalisation's own Lipschitz factor
+    constrained = foreign.upper.max_per_logit <= 1.01 * factor  # 1-Lipschitz logits up to the normalisation
+    description = ModelDescription(
+        "foreign", card.architecture or "ONNX model", "onnx", constrained, card.architecture or "ONNX graph",
+        Reference(link=card.paper, authors=card.authors),
+    )  # fmt: skip
+    certify = summaries["certify"]
+    entry = build_entry(
+        profile.name, description, certify, summaries["attack"], summaries["verify"], reported=card.claimed_clean_accuracy
+    )
+    flags = []
+    claimed = card.claimed_clean_accuracy
+    if claimed is not None and claimed - certify.clean_accuracy > claim_gap_limit(claimed, certify.points):
+        flags.append(
+            f"clean accuracy {certify.clean_accuracy:.3f} on {certify.points} test points is far below the card's "
+            f"claimed {claimed:.3f}"
+        )
+    space = "the dataset's prepared input space"
+    if card.mean is not None:
+        space += f" (the card's normalisation is part of the model: bound factor 1/min(std) = {1 / min(card.std):.4g})"
+    entry |= {"model_sha256": foreign.sha256, "model_card": card.as_dict(), "input_space": space, "flags": flags}
+    entry["footnote"] = "; ".join(filter(None, [entry["footnote"], f"ONNX model (opset {foreign.opset})", *flags]))
+    validate_entry(entry)
+    return entry
+
+
+def evaluate_foreign(
+    profile: Profile, dataset: str, model_path: Path, card_path: Path | None, name: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Check, convert, bound, certify, attack and verify the ONNX model at ``model_path`` described by its card
+    (``card_path``, default: next to the model); write and return its leaderboard entry.
+
+    Every check runs before the stages; nothing is written when one fails. Raises :class:`VerificationFailed`
+    after writing the (flagged) entry if the gate fails."""
+    model_path = Path(model_path)
+    name = name or model_path.stem
+    if not _NAME.match(name):
+        raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' or '.', at most 64 characters")
+    settings = evaluation_settings(profile, dataset)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model file {model_path} does not exist")
+    card = load_model_card(card_path or default_card_path(model_path))
+    x, y, info = evaluation_points(profile, dataset, settings.certify_points)
+    foreign = load_foreign(model_path, card, info, dataset)
+    _check_not_chance(foreign, x, y, card, settings.batch_size)
+    key = RunKey(dataset, "foreign", profile.seeds[0], external=name)
+    layout, given = Layout.of(profile), GivenModel(foreign.model, foreign.upper)
+    try:
+        summaries = {
+            stage: evaluate_one(
+                str(profile.path), stage, key, _foreign_fingerprint(stage, foreign, card, settings), progress, given
+            )
+            for stage in ("certify", "attack", "verify")
+        }
+        entry = _foreign_entry(profile, card, foreign, summaries)
+    except BaseException:
+        for stage in ("certify", "attack", "verify"):  # no half-written outputs
+            shutil.rmtree(layout.stage_dir(stage, key), ignore_errors=True)
+        raise
     write_json_atomic(layout.external_entries() / f"{dataset}-{name}.json", entry)
     if not summaries["verify"].verified:
         raise VerificationFailed("\n".join(summaries["verify"].failures))

@@ -8,6 +8,7 @@ them, its DeepFool curve on the first ``deepfool_points``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -26,12 +27,22 @@ from lipbench.evaluate.attacks import SuiteResult, run_attack_suite
 from lipbench.evaluate.certification import certify_model
 from lipbench.evaluate.settings import EvaluationSettings
 from lipbench.evaluate.verification import verify_model
+from lipbench.nn import LipschitzUpperBound
 from lipbench.profiles import Profile
 from lipbench.runs import Layout, RunKey
 from lipbench.summaries import AttackSummary, CertifySummary, DeepFoolCurve, VerifySummary, read_summary
 from lipbench.train import ModelMetadata, TrainConfig, config_from_profile, load_weights
 
-__all__ = ["STAGE_WORK", "check_weights_match", "evaluation_points", "load_model_and_points"]
+__all__ = ["STAGE_WORK", "GivenModel", "check_weights_match", "evaluation_points", "load_model_and_points"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GivenModel:
+    """A model handed to the stages instead of a weights file (a foreign model) and its strict bound, which the
+    certify stage's own bound must reproduce."""
+
+    model: nn.Module
+    upper: LipschitzUpperBound
 
 
 def check_weights_match(path: Path, metadata: ModelMetadata, config: TrainConfig, label: str) -> None:
@@ -64,22 +75,26 @@ def evaluation_points(profile: Profile, dataset: str, count: int) -> tuple[torch
 
 
 def load_model_and_points(
-    profile: Profile, key: RunKey, settings: EvaluationSettings
+    profile: Profile, key: RunKey, settings: EvaluationSettings, given: GivenModel | None = None
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, DatasetInfo]:
-    """The exported model (checked against the profile's model variant unless external) and
-    the first ``certify_points`` test points, on the evaluation device."""
+    """The exported model (checked against the profile's model variant unless external; ``given``'s model
+    when given) and the first ``certify_points`` test points, on the evaluation device."""
     device = resolve_device(settings.device)
     weights = Layout.of(profile).weights(key)
-    model, metadata = load_weights(weights, device)
-    if key.external is None:
+    model, metadata = (given.model.to(device).eval(), None) if given else load_weights(weights, device)
+    if key.external is None and metadata is not None:
         check_weights_match(weights, metadata, config_from_profile(profile, key), f"the profile's {key.label}")
     x, y, info = evaluation_points(profile, key.dataset, settings.certify_points)
     return model, x.to(device), y.to(device), info
 
 
-def certify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool) -> CertifySummary:
-    model, x, y, info = load_model_and_points(profile, key, settings)
+def certify(
+    profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool, given: GivenModel | None = None
+) -> CertifySummary:
+    model, x, y, info = load_model_and_points(profile, key, settings, given)
     certification = certify_model(model, info.input_shape, x, y, settings.epsilons, settings.batch_size)
+    if given is not None and not np.allclose(certification.upper.per_logit, given.upper.per_logit, rtol=1e-9, atol=0):
+        raise ValueError(f"{key.label}: the certified bound {certification.upper.per_logit} is not the given one")
     certification.arrays().save(Layout.of(profile).stage_arrays("certify", key))
     return certification.summary(key, fingerprint, sum(p.numel() for p in model.parameters()))
 
@@ -141,8 +156,10 @@ _SUITE_FIELDS = (
 )
 
 
-def attack(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool) -> AttackSummary:
-    model, x, y, info = load_model_and_points(profile, key, settings)
+def attack(
+    profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool, given: GivenModel | None = None
+) -> AttackSummary:
+    model, x, y, info = load_model_and_points(profile, key, settings, given)
     layout = Layout.of(profile)
     radius = torch.from_numpy(CertifyArrays.load(layout.stage_arrays("certify", key)).radius)
     n = settings.attack_points
@@ -180,8 +197,10 @@ def attack(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerpr
     return _attack_summary(key, fingerprint, settings, suite, curve)
 
 
-def verify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool) -> VerifySummary:
-    model, x, _, info = load_model_and_points(profile, key, settings)
+def verify(
+    profile: Profile, key: RunKey, settings: EvaluationSettings, fingerprint: str, progress: bool, given: GivenModel | None = None
+) -> VerifySummary:
+    model, x, _, info = load_model_and_points(profile, key, settings, given)
     layout = Layout.of(profile)
     certificates = CertifyArrays.load(layout.stage_arrays("certify", key))
     upper = read_summary(layout.stage_summary("certify", key), CertifySummary).lipschitz_upper_bound
@@ -192,9 +211,9 @@ def verify(profile: Profile, key: RunKey, settings: EvaluationSettings, fingerpr
     return result.summary(key, fingerprint)
 
 
-#: stage -> work(profile, key, settings, fingerprint, progress) returning the model's summary;
-#: ``progress``: progress bars of the model's attacks (on a terminal).
-STAGE_WORK: dict[str, Callable[[Profile, RunKey, EvaluationSettings, str, bool], Any]] = {
+#: stage -> work(profile, key, settings, fingerprint, progress[, given]) returning the model's summary;
+#: ``progress``: progress bars of the model's attacks (on a terminal); ``given``: a :class:`GivenModel`.
+STAGE_WORK: dict[str, Callable[..., Any]] = {
     "certify": certify,
     "attack": attack,
     "verify": verify,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from lipbench.data.base import sha256_file
 from lipbench.devices import resolve_device
 from lipbench.environment import environment_record, source_fingerprint
-from lipbench.evaluate.model_stages import STAGE_WORK
+from lipbench.evaluate.model_stages import STAGE_WORK, GivenModel
 from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
@@ -70,15 +70,18 @@ def fingerprint(profile: Profile, stage: str, key: RunKey, settings: EvaluationS
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def evaluate_one(profile_path: str, stage: str, key: RunKey, run_fingerprint: str, progress: bool = False) -> StageSummary:
+def evaluate_one(
+    profile_path: str, stage: str, key: RunKey, run_fingerprint: str, progress: bool = False, given: GivenModel | None = None
+) -> StageSummary:
     """One model's stage work; writes ``summary.json`` last (it marks the outputs complete).
-    ``progress``: bars for the model's attacks (tqdm; off when the output is not a terminal)."""
+    ``progress``: bars for the model's attacks (tqdm; off when the output is not a terminal);
+    ``given``: a model (and its bound) to evaluate instead of the key's weights file."""
     started = time.perf_counter()
     profile = load_profile(profile_path)
     settings = evaluation_settings(profile, key.dataset)
     layout = Layout.of(profile)
     layout.stage_dir(stage, key).mkdir(parents=True, exist_ok=True)
-    summary = STAGE_WORK[stage](profile, key, settings, run_fingerprint, progress)
+    summary = STAGE_WORK[stage](profile, key, settings, run_fingerprint, progress, given)
     summary = dataclasses.replace(
         summary,
         seconds=time.perf_counter() - started,

@@ -1,4 +1,4 @@
-"""Network architectures, each realised with one of three layer kits.
+"""Network architectures, each realised with a layer kit.
 
 An architecture is a list of abstract blocks (conv, pool, dense, ...). A *kit* turns
 each block into modules:
@@ -6,21 +6,43 @@ each block into modules:
 * ``gnp`` (gradient-norm preserving, the paper's hKR / GNP networks): Björck conv +
   GroupSort2, L2-norm pooling, Björck dense + FullSort, per-row normalised output;
 * ``lip1`` (1LIP_log): the same Björck weights with ReLU and max pooling;
-* ``unconstrained`` (Adv, standard): ``nn.Conv2d`` / ``nn.Linear``, ReLU, max pooling.
+* ``unconstrained`` (Adv, standard): ``nn.Conv2d`` / ``nn.Linear``, ReLU, max pooling;
+* any registered layer family (:mod:`lipbench.nn.families`: ``aol``, ``sll``, ``cpl``, ``aoc``,
+  ...): the family's dense / conv layers with GroupSort2 (MaxMin), L2-norm pooling and a per-row
+  normalised output, the same for every family (Prach et al., CVPR 2024, compare layers so).
+  Residual families (SLL, CPL) keep the width: where a block changes it, an AOL layer (the
+  cheapest non-residual 1-Lipschitz layer) does, as the LipConvNet stems do.
 
-Every model is an ``nn.Sequential`` chain, so strict bounds apply to it.
+Every model is an ``nn.Sequential`` chain, so strict bounds apply to it. Besides the named
+architectures, ``lipnet-<width>x<depth>`` is the LipConvNet-style family with a width / depth
+knob: dense ``depth`` x ``width`` for vector inputs; for images three stages of ``depth`` 3x3
+convs of ``width``, ``2 width``, ``4 width`` channels, each followed by L2-norm pooling.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 import lipbench.nn as lnn
+from lipbench.nn.families import LAYER_FAMILIES, LayerFamily, get_family
 
-__all__ = ["Conv", "Pool", "Dense", "Architecture", "ARCHITECTURES", "KITS", "build_model", "default_architecture"]
+__all__ = [
+    "Conv",
+    "Pool",
+    "Dense",
+    "Architecture",
+    "ARCHITECTURES",
+    "KITS",
+    "build_model",
+    "default_architecture",
+    "get_architecture",
+    "is_architecture",
+    "is_kit",
+]
 
 KITS: tuple[str, ...] = ("gnp", "lip1", "unconstrained")
 
@@ -120,6 +142,33 @@ _DEFAULT_ARCHITECTURES = {
 }
 
 
+_LIPNET = re.compile(r"^lipnet-([1-9][0-9]{0,3})x([1-9][0-9]?)$")
+
+
+def is_architecture(name: str) -> bool:
+    """True for a named architecture or a well-formed ``lipnet-<width>x<depth>``."""
+    return name in ARCHITECTURES or _LIPNET.match(name) is not None
+
+
+def get_architecture(name: str, input_shape: Sequence[int]) -> Architecture:
+    """The architecture ``name`` for inputs of ``input_shape``; unknown names list the known ones."""
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name]
+    match = _LIPNET.match(name)
+    if match is None:
+        raise ValueError(
+            f"unknown architecture {name!r}; known architectures: {', '.join(sorted(ARCHITECTURES))}, "
+            "or lipnet-<width>x<depth> (e.g. lipnet-64x4)"
+        )
+    width, depth = int(match.group(1)), int(match.group(2))
+    if len(input_shape) == 1:
+        blocks: tuple[Block, ...] = (Dense(width),) * depth
+    else:
+        blocks = tuple(block for stage in range(3) for block in (*(Conv(width << stage),) * depth, Pool(2)))
+    source = f"LipConvNet-style (Prach et al., CVPR 2024): width {width}, depth {depth}, the same for every layer family."
+    return Architecture(name, blocks, source)
+
+
 def default_architecture(dataset: str, input_shape: Sequence[int]) -> str:
     """The architecture a dataset uses unless its recipe names another one."""
     if dataset in _DEFAULT_ARCHITECTURES:
@@ -154,7 +203,35 @@ def _lipschitz_conv(correction: str) -> Callable[[int, int, int, int, str, tuple
     return conv
 
 
+def is_kit(kit: str) -> bool:
+    """True for a built-in kit or a registered layer family."""
+    return kit in KITS or kit in LAYER_FAMILIES
+
+
+def _family_layer(family: LayerFamily, build: Callable[[LayerFamily], nn.Module], same_width: bool) -> list[nn.Module]:
+    """One family layer; a residual family keeps the width, so an AOL layer changes it."""
+    if family.residual:
+        return [build(family)] if same_width else [build(get_family("aol")), lnn.GroupSort2()]
+    return [build(family), lnn.GroupSort2()]
+
+
+def _family_kit(family: LayerFamily) -> _Kit:
+    def conv(i: int, o: int, kernel: int, stride: int, _: str, size: tuple[int, int]) -> list[nn.Module]:
+        if family.conv is None:
+            raise ValueError(f"layer family {family.name!r} has no convolution; use a dense architecture")
+        return _family_layer(family, lambda chosen: chosen.conv(i, o, kernel, stride, size), i == o and stride == 1)
+
+    return _Kit(
+        conv=conv,
+        pool=lambda size: lnn.L2NormPool2d(size),
+        dense=lambda i, o: _family_layer(family, lambda chosen: chosen.dense(i, o), i == o),
+        output=lambda i, o: lnn.RowNormalizedLinear(i, o),
+    )
+
+
 def _kit(kit: str, correction: str) -> _Kit:
+    if kit in LAYER_FAMILIES:
+        return _family_kit(get_family(kit))
     if kit == "gnp":
         return _Kit(
             conv=_lipschitz_conv(correction),
@@ -176,7 +253,9 @@ def _kit(kit: str, correction: str) -> _Kit:
             dense=lambda i, o: [nn.Linear(i, o), nn.ReLU()],
             output=lambda i, o: nn.Linear(i, o),
         )
-    raise ValueError(f"unknown layer kit {kit!r}; known kits: {', '.join(KITS)}")
+    raise ValueError(
+        f"unknown layer kit {kit!r}; known kits: {', '.join(KITS)}, or a layer family: {', '.join(LAYER_FAMILIES.names())}"
+    )
 
 
 def build_model(
@@ -192,10 +271,8 @@ def build_model(
     ``correction`` is the Björck convs' ``strict``, ``lambda`` (eq. 11) or ``exact``
     correction (:class:`lipbench.nn.LipschitzConv2d`); the last two get each conv's input size.
     """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; known architectures: {', '.join(sorted(ARCHITECTURES))}")
+    spec = get_architecture(architecture, input_shape)
     layers = _kit(kit, correction)
-    spec = ARCHITECTURES[architecture]
     modules: list[nn.Module] = []
     shape = list(input_shape)
     flattened = len(shape) == 1

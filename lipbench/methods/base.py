@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lipbench.losses import Reduce, make_loss
-from lipbench.methods.architectures import KITS, build_model
+from lipbench.methods.architectures import KITS, build_model, is_kit
 from lipbench.registry import Registry
 
 __all__ = ["Method", "METHODS", "register_method", "get_method", "list_methods"]
@@ -38,8 +38,8 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def decorator(cls: type[Method]) -> type[Method]:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"@register_method({name!r}) decorates Method subclasses, got {cls!r}")
-        if cls.kit not in KITS:
-            raise ValueError(f"method {name!r}: kit must be one of {', '.join(KITS)}, got {cls.kit!r}")
+        if not is_kit(cls.kit):
+            raise ValueError(f"method {name!r}: kit must be one of {', '.join(KITS)} or a layer family, got {cls.kit!r}")
         cls.name = name
         return METHODS.register(name)(cls)
 

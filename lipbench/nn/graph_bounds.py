@@ -25,6 +25,8 @@ from lipbench.nn import layers
 from lipbench.nn.bounds import CertifiedBlock, LayerBound, LipschitzUpperBound, _leaf_bound, _pool_bound, dense_operator_norm
 from lipbench.nn.conv_bounds import conv2d_geometry, conv2d_norm_plan, conv2d_operator_norm
 from lipbench.nn.export import check_finite, export
+from lipbench.nn.graph_ops import GRAPH_OP_RULES, OPS_SUPPORTED, standardize_onnx
+from lipbench.nn.graph_ops import Refused as _Refused
 
 __all__ = ["graph_lipschitz_upper_bound", "SUPPORTED_OPERATORS"]
 
@@ -35,12 +37,8 @@ SUPPORTED_OPERATORS = (
     "BatchNorm1d/2d (eval), add / sub, mul / div by a constant, neg, cat / stack, flatten / reshape / view / permute / "
     "transpose / contiguous / clone / squeeze / unsqueeze (batch dim kept), (Adaptive)AvgPool2d / (Adaptive)MaxPool2d "
     "(or F.*), L2NormPool2d / GlobalL2NormPool2d, ReLU, LeakyReLU, ELU, GroupSort / GroupSort2 / FullSort, abs, tanh, "
-    "sigmoid, sort (values), Identity, Dropout (eval), CertifiedBlock modules; any operator on constants only"
+    f"sigmoid, sort (values), Identity, Dropout (eval), CertifiedBlock modules, {OPS_SUPPORTED}; any operator on constants only"
 )
-
-
-class _Refused(Exception):
-    """No sound rule for a node: the reason, or ``None`` for an operator without any rule."""
 
 
 @dataclass
@@ -295,7 +293,7 @@ def _module_rule(g: _Graph, node: Node) -> tuple[float, str]:
 
 _RULES: dict[Any, Callable[[_Graph, Node], tuple[float, str]]] = dict.fromkeys(_UNARY, _unary) | dict.fromkeys(_POOLS, _pools)
 _RULES |= dict.fromkeys(_ARITHMETIC, _arithmetic) | dict.fromkeys((torch.cat, torch.concat, torch.stack), _concat)
-_RULES |= dict.fromkeys(_AFFINE, lambda g, node: _affine_bound(g, node, _affine(g, node)))
+_RULES |= dict.fromkeys(_AFFINE, lambda g, node: _affine_bound(g, node, _affine(g, node))) | GRAPH_OP_RULES
 
 
 def _describe(g: _Graph, node: Node) -> str:
@@ -382,7 +380,7 @@ def graph_lipschitz_upper_bound(model: nn.Module, input_shape: tuple[int, ...]) 
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
             raise ValueError(f"{_PREFIX}: BatchNorm {name!r} is in training mode (batch statistics); call model.eval()")
-    plain = export(model)
+    plain = export(standardize_onnx(model, tuple(input_shape)))  # onnx2torch's modules as plain torch calls
     check_finite(plain, _PREFIX)
     g = _trace(plain, tuple(input_shape))
     bounds = []

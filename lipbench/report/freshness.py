@@ -28,7 +28,7 @@ from typing import Any
 
 from lipbench.io import write_text_atomic
 from lipbench.profiles import Profile
-from lipbench.runs import EVALUATION_STAGES, Layout, RunKey, run_keys
+from lipbench.runs import MODEL_STAGES, Layout, RunKey, run_keys
 from lipbench.summaries import STAGE_SUMMARIES, StageMetrics, TrainSummary, read_summary
 
 __all__ = ["StaleRecordError", "refresh_stage_records", "refresh_train_records", "record_store"]
@@ -54,7 +54,7 @@ def refresh_stage_records(profile: Profile) -> list[str]:
     layout = Layout.of(profile)
     notes = []
     for dataset in profile.datasets:
-        for stage in EVALUATION_STAGES:
+        for stage in MODEL_STAGES:
             path = layout.stage_metrics(stage, dataset)
             fresh = _fresh_metrics(layout, stage, dataset, StageMetrics.read(path))
             if fresh is not None:
@@ -75,6 +75,8 @@ def _differences(profile: Profile, key: RunKey, record: Path) -> list[str]:
     recipe = _disagreements(train.get("recipe") or {}, summary.recipe)
     params = dict(train.get(key.model) or {})
     method = _disagreements({"method": params.pop("method", key.model)}, {"method": summary.method})  # a variant's method
+    if "architecture" in params:  # the model's own architecture (layer families)
+        method += _disagreements({"architecture": params.pop("architecture")}, {"architecture": summary.architecture})
     return recipe + method + _disagreements(params, summary.method_params)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from lipbench.report.inputs import ReportInputs
 from lipbench.report.labels import html_name
 from lipbench.report.tables import Column, Table
-from lipbench.runs import EVALUATION_STAGES as STAGES
+from lipbench.runs import MODEL_STAGES as STAGES
 from lipbench.runs import RunKey
 from lipbench.summaries import AttackSummary
 
@@ -224,9 +224,9 @@ def render_index(
     parts += [
         "<h2>Runtimes</h2><h3>train (per model)</h3>",
         _table(("dataset", "model", "seed", "epochs", "s / epoch", "train s", "wall s"), train_rows, numeric_from=3),
-        "<h3>certify, attack, verify (per dataset, seconds)</h3>",
+        "<h3>certify, attack, verify, explain (per dataset, seconds)</h3>",
         _table(("dataset", *STAGES, "models recomputed"), stage_rows, numeric_from=1),
-        "<h3>certify, attack, verify (per model, seconds)</h3>",
+        "<h3>certify, attack, verify, explain (per model, seconds)</h3>",
         _table(("dataset", "model", "seed", *STAGES, "breakdown"), model_rows, numeric_from=3),
         "</body></html>",
     ]

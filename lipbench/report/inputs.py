@@ -17,10 +17,11 @@ import numpy as np
 
 from lipbench.arrays import ArraysError, AttackArrays, CertifyArrays
 from lipbench.profiles import Profile
-from lipbench.runs import EVALUATION_STAGES, Layout, RunKey, run_keys
+from lipbench.runs import MODEL_STAGES, Layout, RunKey, run_keys
 from lipbench.summaries import (
     AttackSummary,
     CertifySummary,
+    ExplainSummary,
     StageMetrics,
     SummaryError,
     TrainSummary,
@@ -55,7 +56,7 @@ def _problems(profile: Profile, dataset: str) -> list[str]:
     if not (layout.prepared(dataset) / _MANIFEST).is_file():
         missing(f"{layout.prepared(dataset) / _MANIFEST} is missing", "prepare")
     stages = {}
-    for stage in EVALUATION_STAGES:
+    for stage in MODEL_STAGES:
         path = layout.stage_metrics(stage, dataset)
         try:
             stages[stage] = StageMetrics.read(path)
@@ -120,6 +121,9 @@ class ReportInputs:
     def verify(self, key: RunKey) -> VerifySummary:
         return self.stages["verify", key.dataset].summary(key)
 
+    def explain(self, key: RunKey) -> ExplainSummary:
+        return self.stages["explain", key.dataset].summary(key)
+
     def certify_arrays(self, key: RunKey) -> CertifyArrays:
         if ("certify", key) not in self._arrays:
             self._arrays["certify", key] = CertifyArrays.load(self.layout.stage_arrays("certify", key))
@@ -147,7 +151,7 @@ def read_inputs(profile: Profile, check: bool = True) -> ReportInputs:
     train = {key: read_summary(layout.train_summary(key), TrainSummary) for key in run_keys(profile)}
     stages = {
         (stage, dataset): StageMetrics.read(layout.stage_metrics(stage, dataset))
-        for stage in EVALUATION_STAGES
+        for stage in MODEL_STAGES
         for dataset in profile.datasets
     }
     return ReportInputs(profile, train, stages)

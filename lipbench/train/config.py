@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lipbench.methods import ARCHITECTURES, default_architecture, get_method
+from lipbench.methods import ARCHITECTURES, default_architecture, get_method, is_architecture
 
 __all__ = ["Recipe", "TrainConfig", "resolve_train_config"]
 
@@ -93,8 +93,11 @@ class Recipe:
                 raise ValueError(f"{where}: {name} must be one of {', '.join(allowed)}, got {value!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"{where}: compile must be true or false, got {self.compile!r}")
-        if self.architecture is not None and self.architecture not in ARCHITECTURES:
-            raise ValueError(f"{where}: unknown architecture {self.architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        if self.architecture is not None and not is_architecture(self.architecture):
+            raise ValueError(
+                f"{where}: unknown architecture {self.architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}, "
+                "or lipnet-<width>x<depth>"
+            )
 
 
 @dataclass(frozen=True)
@@ -131,16 +134,24 @@ def resolve_train_config(
     num_classes: int,
 ) -> TrainConfig:
     """Validate and resolve a run. ``model_params`` may name the registered method with a
-    ``method`` key (variants such as ``hkr_m2.12``); otherwise ``model`` is the method name."""
+    ``method`` key (variants such as ``hkr_m2.12``; otherwise ``model`` is the method name) and
+    the model's own ``architecture`` (e.g. ``lipnet-64x3`` for every layer family), which
+    replaces the recipe's for this model."""
     where = f"train.{dataset}.{model}"
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"{where}: seed must be an integer >= 0, got {seed!r}")
     params = dict(model_params or {})
     method_name = params.pop("method", model)
+    own_architecture = params.pop("architecture", None)
+    if own_architecture is not None and not (isinstance(own_architecture, str) and is_architecture(own_architecture)):
+        raise ValueError(
+            f"{where}: unknown architecture {own_architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}, "
+            "or lipnet-<width>x<depth>"
+        )
     method = get_method(method_name)
     resolved = method.resolve_params(params)
     recipe = Recipe.from_params(recipe_params, f"train.{dataset}.recipe")
-    architecture = recipe.architecture or default_architecture(dataset, input_shape)
+    architecture = own_architecture or recipe.architecture or default_architecture(dataset, input_shape)
     return TrainConfig(
         dataset=dataset,
         model=model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import math
 
 import pytest
 import torch
@@ -10,13 +11,25 @@ import torch
 import lipbench.nn as lnn
 from lipbench.data import DATASETS, get_dataset
 from lipbench.methods import ARCHITECTURES, METHODS, Method, default_architecture, get_method, register_method
+from lipbench.nn.families import LAYER_FAMILIES
 from lipbench.registry import Registry, RegistryError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: torch on one thread for the module
 
 
-@pytest.mark.parametrize("dataset", DATASETS.names())
-@pytest.mark.parametrize("method_name", METHODS.names())
+def _method_dataset_pairs() -> list[tuple[str, str]]:
+    """Every method on every dataset's shape; layer-family methods (two per family, tested layer
+    by layer in tests/nn and on a small LipNet in test_family_methods.py) on the small shapes only."""
+    small = {name for name in DATASETS.names() if math.prod(get_dataset(name).info.input_shape) <= 28 * 28}
+    return [
+        (method, dataset)
+        for method in METHODS.names()
+        for dataset in DATASETS.names()
+        if get_method(method).kit not in LAYER_FAMILIES or dataset in small
+    ]
+
+
+@pytest.mark.parametrize(("method_name", "dataset"), _method_dataset_pairs())
 def test_every_method_trains_one_step_on_every_dataset_shape(method_name, dataset):
     torch.manual_seed(0)
     info = get_dataset(dataset).info

@@ -15,7 +15,7 @@ from dvc.repo import Repo
 from lipbench.data.base import MANIFEST_NAME
 from lipbench.profiles import load_profile
 from lipbench.report import inputs
-from lipbench.runs import EVALUATION_STAGES, Layout, RunKey
+from lipbench.runs import EVALUATION_STAGES, MODEL_STAGES, Layout, RunKey
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,15 +69,19 @@ def test_declared_outputs_and_commands_are_the_layout_paths(stages):
             upstream = EVALUATION_STAGES[: EVALUATION_STAGES.index(name)]
             assert {str(layout.stage_dataset_dir(u, dataset)) for u in upstream} <= deps, stage.name
             assert str(layout.model_dir(RunKey(dataset, "x", 0)).parent.parent) in deps  # every model of the dataset
+        elif name == "explain":
+            assert outs == {str(layout.stage_dataset_dir(name, dataset))}  # the git-tracked record is undeclared
+            assert {str(layout.stage_dataset_dir(u, dataset)) for u in ("certify", "attack")} <= deps, stage.name
+            assert str(layout.model_dir(RunKey(dataset, "x", 0)).parent.parent) in deps
         else:
             assert name == "report"
             assert all(Path(out).is_relative_to(layout.reports) for out in outs)
             assert {_relative(out.fs_path) for out in stage.outs if out.metric} == {str(layout.scores)}
-            assert {str(layout.stage_dataset_dir(s, "x").parent) for s in ("certify", "attack", "verify")} <= deps
+            assert {str(layout.stage_dataset_dir(s, "x").parent) for s in MODEL_STAGES} <= deps
             # the records the stages write undeclared reach the report through this dependency
             assert str(layout.stage_metrics("certify", "x").parent.parent) in deps
         checked.add(name)
-    assert checked == {"validate", "prepare", "train", "certify", "attack", "verify", "report"}
+    assert checked == {"validate", "prepare", "train", "certify", "attack", "verify", "explain", "report"}
 
 
 def test_every_stage_but_the_report_can_be_restored_from_the_run_cache(stages):

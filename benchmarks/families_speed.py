@@ -1,0 +1,95 @@
+"""Train-step time of every registered layer family on one small LipConvNet-like conv
+shape, against the unconstrained twin (and orthogonium's raw layer where we wrap it).
+
+Usage: ``python benchmarks/families_speed.py [--channels 32] [--size 16] [--batch-size 64]
+[--repeats 5] [--out families_speed.json]``. Prints, per family, ms per train step,
+images/s and the ratio to the unconstrained twin, all measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lipbench.nn import GroupSort2, unconstrained_twin
+from lipbench.nn.families import get_family, list_families
+
+
+def family_model(name: str, channels: int, size: int) -> nn.Sequential:
+    """``conv(c, c) -> GroupSort2 -> conv(c, c)`` at ``size x size``, stride 1, kernel 3."""
+    family = get_family(name)
+    if family.conv is None:
+        raise ValueError(f"family {name!r} has no conv layer")
+    convs = [family.conv(channels, channels, 3, 1, (size, size)) for _ in range(2)]
+    return nn.Sequential(convs[0], GroupSort2(), convs[1])
+
+
+def raw_orthogonium(model: nn.Sequential) -> nn.Sequential | None:
+    """The same chain with orthogonium's layers unwrapped (``None`` where we do not wrap)."""
+    layers = [getattr(module, "layer", None) for module in model if not isinstance(module, GroupSort2)]
+    if any(layer is None for layer in layers):
+        return None
+    return nn.Sequential(layers[0], GroupSort2(), layers[1])
+
+
+def train_step_seconds(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Median wall time of one forward + backward + SGD step (after one warm-up step)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    times = []
+    for index in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        optimizer.step()
+        if index:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(channels: int, size: int, batch_size: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, channels, size, size)
+    results = {}
+    for name in list_families():
+        if get_family(name).conv is None:
+            continue
+        model = family_model(name, channels, size).train()
+        row = {"constrained_s": train_step_seconds(model, x, repeats)}
+        row["twin_s"] = train_step_seconds(unconstrained_twin(model).train(), x, repeats)
+        raw = raw_orthogonium(model)
+        if raw is not None:
+            row["orthogonium_raw_s"] = train_step_seconds(raw, x, repeats)
+            row["ratio_over_orthogonium_raw"] = row["constrained_s"] / row["orthogonium_raw_s"]
+        row["ratio_over_twin"] = row["constrained_s"] / row["twin_s"]
+        row["images_per_second"] = batch_size / row["constrained_s"]
+        results[name] = row
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    results = measure(args.channels, args.size, args.batch_size, args.repeats)
+    for name, row in results.items():
+        raw = f"  x{row['ratio_over_orthogonium_raw']:.2f} vs orthogonium raw" if "orthogonium_raw_s" in row else ""
+        print(
+            f"{name:8s} {1e3 * row['constrained_s']:8.2f} ms/step  {row['images_per_second']:9.1f} img/s  "
+            f"x{row['ratio_over_twin']:.2f} vs twin{raw}"
+        )
+    if args.out is not None:
+        shape = {"channels": args.channels, "size": args.size, "batch_size": args.batch_size, "repeats": args.repeats}
+        args.out.write_text(json.dumps({"shape": shape, "families": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""The families speed benchmark runs end to end with tiny sizes (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from lipbench.nn.families import get_family, list_families
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_families_speed_benchmark_reports_every_conv_family(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    command = [sys.executable, str(ROOT / "benchmarks/families_speed.py"), "--channels", "4", "--size", "8"]
+    command += ["--batch-size", "2", "--repeats", "1", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    families = json.loads(out.read_text())["families"]
+    assert set(families) == {name for name in list_families() if get_family(name).conv is not None}
+    for row in families.values():
+        assert row["constrained_s"] > 0 and row["twin_s"] > 0 and row["ratio_over_twin"] > 0
+    assert "ratio_over_orthogonium_raw" in families["aoc"] and "ratio_over_orthogonium_raw" in families["bcop"]
