@@ -17,6 +17,7 @@ Every model is an ``nn.Sequential`` chain, so strict bounds apply to it. Besides
 architectures, ``lipnet-<width>x<depth>`` is the LipConvNet-style family with a width / depth
 knob: dense ``depth`` x ``width`` for vector inputs; for images three stages of ``depth`` 3x3
 convs of ``width``, ``2 width``, ``4 width`` channels, each followed by L2-norm pooling.
+``lipdense-<width>x<depth>`` is the dense form on any input (images are flattened first).
 """
 
 from __future__ import annotations
@@ -142,11 +143,11 @@ _DEFAULT_ARCHITECTURES = {
 }
 
 
-_LIPNET = re.compile(r"^lipnet-([1-9][0-9]{0,3})x([1-9][0-9]?)$")
+_LIPNET = re.compile(r"^lip(net|dense)-([1-9][0-9]{0,3})x([1-9][0-9]?)$")
 
 
 def is_architecture(name: str) -> bool:
-    """True for a named architecture or a well-formed ``lipnet-<width>x<depth>``."""
+    """True for a named architecture or a well-formed ``lipnet-`` / ``lipdense-<width>x<depth>``."""
     return name in ARCHITECTURES or _LIPNET.match(name) is not None
 
 
@@ -158,10 +159,10 @@ def get_architecture(name: str, input_shape: Sequence[int]) -> Architecture:
     if match is None:
         raise ValueError(
             f"unknown architecture {name!r}; known architectures: {', '.join(sorted(ARCHITECTURES))}, "
-            "or lipnet-<width>x<depth> (e.g. lipnet-64x4)"
+            "or lipnet-<width>x<depth> / lipdense-<width>x<depth> (e.g. lipnet-64x4)"
         )
-    width, depth = int(match.group(1)), int(match.group(2))
-    if len(input_shape) == 1:
+    width, depth = int(match.group(2)), int(match.group(3))
+    if len(input_shape) == 1 or match.group(1) == "dense":
         blocks: tuple[Block, ...] = (Dense(width),) * depth
     else:
         blocks = tuple(block for stage in range(3) for block in (*(Conv(width << stage),) * depth, Pool(2)))

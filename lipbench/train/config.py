@@ -96,7 +96,7 @@ class Recipe:
         if self.architecture is not None and not is_architecture(self.architecture):
             raise ValueError(
                 f"{where}: unknown architecture {self.architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}, "
-                "or lipnet-<width>x<depth>"
+                "or lipnet-<width>x<depth> / lipdense-<width>x<depth>"
             )
 
 
@@ -146,7 +146,7 @@ def resolve_train_config(
     if own_architecture is not None and not (isinstance(own_architecture, str) and is_architecture(own_architecture)):
         raise ValueError(
             f"{where}: unknown architecture {own_architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}, "
-            "or lipnet-<width>x<depth>"
+            "or lipnet-<width>x<depth> / lipdense-<width>x<depth>"
         )
     method = get_method(method_name)
     resolved = method.resolve_params(params)

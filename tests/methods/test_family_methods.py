@@ -29,7 +29,9 @@ def test_every_family_is_two_methods_on_its_own_layers(family):
 
 
 @pytest.mark.parametrize("family", list_families())
-@pytest.mark.parametrize(("input_shape", "architecture"), [((64,), "lipnet-16x2"), ((1, 16, 16), "lipnet-4x1")])
+@pytest.mark.parametrize(
+    ("input_shape", "architecture"), [((64,), "lipnet-16x2"), ((1, 16, 16), "lipnet-4x1"), ((1, 8, 8), "lipdense-16x2")]
+)
 def test_family_networks_are_certified_1_lipschitz_per_logit(family, input_shape, architecture):
     if len(input_shape) == 3 and get_family(family).conv is None:
         with pytest.raises(ValueError, match="has no convolution"):
@@ -58,9 +60,10 @@ def test_residual_families_change_the_width_with_an_aol_layer():
 
 def test_lipnet_knob_shapes_and_unknown_names():
     assert get_architecture("lipnet-32x2", (64,)).blocks == (Dense(32), Dense(32))
+    assert get_architecture("lipdense-32x2", (1, 8, 8)).blocks == (Dense(32), Dense(32))
     blocks = get_architecture("lipnet-8x2", (1, 28, 28)).blocks
     assert blocks == (Conv(8), Conv(8), Pool(2), Conv(16), Conv(16), Pool(2), Conv(32), Conv(32), Pool(2))
-    for bad in ("lipnet-0x2", "lipnet-8", "resnet", "lipnet-8x100"):
+    for bad in ("lipnet-0x2", "lipnet-8", "resnet", "lipnet-8x100", "lipconv-8x2"):
         with pytest.raises(ValueError, match="unknown architecture .*lipnet-<width>x<depth>"):
             get_architecture(bad, (64,))
 
