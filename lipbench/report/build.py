@@ -43,7 +43,7 @@ def expected_figures(inputs: ReportInputs) -> list[str]:
     if "moons" in profile.datasets and any(m in profile.models for m in ("kr", "hkr")):
         stems += ["moons_level_sets", "moons_histograms"]
     for dataset in profile.datasets:
-        stems += [f"robustness_{dataset}", f"deepfool_{dataset}"]
+        stems += [f"robustness_{dataset}", f"deepfool_{dataset}", f"explain_{dataset}"]
         if inputs.is_image_dataset(dataset):
             stems.append(f"adversarial_{dataset}")
             seed = profile.seeds[0]

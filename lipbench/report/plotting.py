@@ -37,6 +37,8 @@ __all__ = [
     "robustness_curves",
     "robustness_figure",
     "deepfool_figure",
+    "EXPLAIN_PANELS",
+    "explain_figure",
     "level_sets_figure",
     "histogram_figure",
 ]
@@ -86,7 +88,7 @@ def show(paths: Sequence[Path]) -> None:
 
 def palette(models: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     """One fixed colour per model, in profile order (the same in every figure)."""
-    colors = sns.color_palette("tab10", max(10, len(models)))
+    colors = sns.color_palette("tab10" if len(models) <= 10 else "tab20", max(10, len(models)))  # no repeats
     return {model: colors[i] for i, model in enumerate(models)}
 
 
@@ -284,5 +286,41 @@ def histogram_figure(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], bins:
         ax.set_xlabel("f(x)")
         ax.set_ylabel("number of test points")
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+#: The explain figure's panels: (summary field, title, which way is better).
+EXPLAIN_PANELS = (
+    ("alignment", "cos(−∇, DeepFool direction)", "higher: gradient points to the nearest adversarial"),
+    ("mu_fidelity", "µ-fidelity", "higher: saliency predicts the margin drop"),
+    ("max_sensitivity", "max-sensitivity", "lower: stable under noise"),
+    ("counterfactual_over_radius", "counterfactual / certified radius", "1: the certificate is tight"),
+)
+
+
+def explain_figure(inputs: ReportInputs, dataset: str, colors: Mapping[str, tuple]) -> Figure:
+    """Per model of ``dataset`` (seed means), the explain stage's figures of merit side by side
+    (Serrurier et al., NeurIPS 2023: hKR against the unconstrained and adversarially trained)."""
+    keys = inputs.keys(dataset)
+    models = list(dict.fromkeys(key.model for key in keys))
+    fig, axes = plt.subplots(1, len(EXPLAIN_PANELS), figsize=(4.2 * len(EXPLAIN_PANELS), 0.32 * len(models) + 1.6))
+    for ax, (name, title, better) in zip(axes, EXPLAIN_PANELS):
+        values = []
+        for model in models:
+            summaries = [inputs.explain(key) for key in keys if key.model == model]
+            raw = [s.alignment.get("deepfool_l2") if name == "alignment" else getattr(s, name) for s in summaries]
+            finite = [v for v in raw if v is not None and math.isfinite(v)]
+            values.append(float(np.mean(finite)) if finite else float("nan"))
+        ax.barh(range(len(models)), values, color=[colors[m] for m in models])
+        labels = [display_name(inputs.train[next(k for k in keys if k.model == m)]) for m in models]
+        ax.set_yticks(range(len(models)), labels if ax is axes[0] else [""] * len(models))
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(better, fontsize=8)
+        if name == "counterfactual_over_radius":
+            ax.axvline(1.0, color="k", lw=1, ls="--")
+    points = sorted({inputs.explain(key).points for key in keys})
+    fig.suptitle(f"{dataset}: gradient explanations, first {', '.join(map(str, points))} test points", fontsize=11)
     fig.tight_layout()
     return fig

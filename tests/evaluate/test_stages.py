@@ -233,6 +233,7 @@ def test_a_stage_refuses_to_run_before_its_upstream_stage(tmp_path, trained):
 
 
 def test_an_external_plain_checkpoint_is_evaluated_and_added_to_the_leaderboard(trained, tmp_path):
+    from lipbench.cli.main import main as cli_main
     from lipbench.evaluate.external import evaluate_external
     from lipbench.report.inputs import read_inputs
     from lipbench.report.leaderboard import collect_entries
@@ -240,6 +241,7 @@ def test_an_external_plain_checkpoint_is_evaluated_and_added_to_the_leaderboard(
     profile = load_profile(trained)
     for stage in ("certify", "attack", "verify"):
         run_stage(profile, stage, "digits", progress=False)
+    assert cli_main(["explain", "--params", str(trained), "--dataset", "digits"]) == 0  # the report reads it too
     model, _ = load_weights(profile.path_of("models") / "digits" / "hkr" / "seed0" / "weights.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "mine.safetensors"))
     entry = evaluate_external(profile, "digits", "hkr", tmp_path / "mine.safetensors", "mine", progress=False)

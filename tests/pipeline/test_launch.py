@@ -332,13 +332,13 @@ def test_the_paper_grid_s_sbatch_scripts_carry_the_resources_and_the_dependency_
     options = pipeline_options(tmp_path, plan, {"time": "2-00:00:00", "partition": None})
     submitted = submit_plan(plan, tmp_path, tmp_path / "launch", options, {})
     calls = {call["id"]: call["script"] for call in sbatch_calls(fake_slurm)}
-    assert len(calls) == len(plan) == 52  # validate, 5 prepare, 5 x 6 train, 5 x 3 evaluations, report
+    assert len(calls) == len(plan) == 57  # validate, 5 prepare, 5 x 6 train, 5 x (3 evaluations + explain), report
     for job in plan.jobs:
         script = calls[int(submitted[job.name][0].job_id)]
         for line in ("--partition=gpu", "--time=2880", "--cpus-per-task=8", "--mem=32768M", "--mail-type=END",
                      "--kill-on-invalid-dep=yes", f"--job-name={job.name.split(':')[1]}"):  # fmt: skip
             assert f"#SBATCH {line}\n" in script, (job.name, line)
-        assert ("#SBATCH --gpus-per-node=1\n" in script) == (job.kind in ("train", "certify", "attack", "verify"))
+        assert ("#SBATCH --gpus-per-node=1\n" in script) == (job.kind in ("train", "certify", "attack", "verify", "explain"))
         needs = sorted(int(submitted[need][0].job_id) for need in job.needs)
         dependency = [line for line in script.splitlines() if line.startswith("#SBATCH --dependency=")]
         assert dependency == ([f"#SBATCH --dependency=afterok:{':'.join(map(str, needs))}"] if needs else [])

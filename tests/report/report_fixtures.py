@@ -17,10 +17,11 @@ from lipbench.curves import certified_accuracy_curve
 from lipbench.data import load_dataset, take_tensors
 from lipbench.io import write_json_atomic
 from lipbench.methods import get_method
-from lipbench.runs import Layout, RunKey
+from lipbench.runs import MODEL_STAGES, Layout, RunKey
 from lipbench.summaries import (
     AttackSummary,
     CertifySummary,
+    ExplainSummary,
     LowerBoundRecord,
     Reference,
     StageMetrics,
@@ -235,8 +236,40 @@ def _verify(key: RunKey, upper: UpperBoundRecord) -> VerifySummary:
     )
 
 
+def _explain(key: RunKey, rng: np.random.Generator, constrained: bool) -> ExplainSummary:
+    """Explain-stage figures of the right kind (1-Lipschitz models: counterfactual / radius near 1)."""
+    ratio = 1.0 + float(rng.uniform(0.0, 0.3)) if constrained else 3.0
+    return ExplainSummary(
+        dataset=key.dataset,
+        model=key.model,
+        seed=key.seed,
+        fingerprint="e" * 16,
+        points=16,
+        margin="binary f" if key.dataset == "moons" else "f_top - f_runner_up",
+        settings={"points": 16},
+        fidelity_subset_size=3,
+        gradient_norm=1.0 if constrained else 5.0,
+        deletion_auc=float(rng.uniform(0.0, 0.5)),
+        insertion_auc=float(rng.uniform(0.3, 0.9)),
+        mu_fidelity=float(rng.uniform(0.2, 0.7)),
+        max_sensitivity=float(rng.uniform(0.2, 1.0)),
+        complexity=float(rng.uniform(1.0, 3.0)),
+        sparseness=float(rng.uniform(0.2, 0.6)),
+        alignment={"deepfool_l2": float(rng.uniform(0.6, 0.95)), "cw_l2": None},
+        alignment_points={"deepfool_l2": 12, "cw_l2": 0},
+        counterfactual_flipped=16,
+        counterfactual_median_distance=0.3,
+        counterfactual_over_radius=ratio,
+        counterfactual_over_min_adversarial=1.0,
+        counterfactual_min_distance_minus_radius=0.01,
+        counterfactual_violations=[],
+        seconds=0.1,
+        environment=ENVIRONMENT,
+    )
+
+
 def write_model(root: Path, data_dir: Path, dataset: str, model: str, seed: int = 0) -> dict:
-    """Write one model's train summary and arrays; return its certify/attack/verify summaries."""
+    """Write one model's train summary and arrays; return its certify/attack/verify/explain summaries."""
     key = RunKey(dataset, model, seed)
     layout = Layout.of(_profile(root))
     rng = np.random.default_rng(zlib.crc32(key.label.encode()))
@@ -249,7 +282,8 @@ def write_model(root: Path, data_dir: Path, dataset: str, model: str, seed: int 
     certify_arrays.save(layout.stage_arrays("certify", key))
     attack_arrays, attack = _attack(key, rng, x, certify_arrays)
     attack_arrays.save(layout.stage_arrays("attack", key))
-    return {"certify": certify, "attack": attack, "verify": _verify(key, upper)}
+    explain = _explain(key, rng, get_method(model).constrained)
+    return {"certify": certify, "attack": attack, "verify": _verify(key, upper), "explain": explain}
 
 
 def _profile(root: Path):
@@ -264,7 +298,7 @@ def write_outputs(root: Path, data_dir: Path, models: list[str] = MODELS) -> Pat
     layout = Layout.of(_profile(root))
     for dataset in PREPARE:
         summaries = {model: write_model(root, data_dir, dataset, model) for model in models}
-        for stage in ("certify", "attack", "verify"):
+        for stage in MODEL_STAGES:
             keyed = {RunKey(dataset, model, 0): summaries[model][stage] for model in models}
             for key, summary in keyed.items():
                 write_summary(layout.stage_summary(stage, key), summary)

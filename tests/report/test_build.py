@@ -28,8 +28,10 @@ FIGURES = [
     "deepfool_digits",
     "adversarial_digits",
     "saliency_digits",
+    "explain_moons",
+    "explain_digits",
 ]
-TABLES = ["robustness_moons", "robustness_digits", "cost", "lipschitz"]
+TABLES = ["robustness_moons", "robustness_digits", "cost", "lipschitz", "explain_moons", "explain_digits"]
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -65,6 +67,7 @@ def test_report_has_every_figure_table_and_page(built: tuple[Profile, dict]) -> 
     for dataset in ("moons", "digits"):
         assert sorted(p.name for p in (reports / "plots" / dataset).iterdir()) == sorted(f"{m}.csv" for m in MODELS)
     assert sorted(p.name for p in (reports / "notebooks").iterdir()) == [
+        "explanations.html",
         "image_examples.html",
         "robustness_curves.html",
         "two_moons.html",

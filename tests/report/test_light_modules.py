@@ -29,5 +29,5 @@ def test_tables_and_leaderboard_import_no_heavy_library(fixture_params: Path) ->
         [sys.executable, "-c", SCRIPT % (HEAVY,), str(fixture_params)], capture_output=True, text=True, check=True
     )
     report = json.loads(result.stdout)
-    assert report["tables"] == 4 and report["entries"] == 6
+    assert report["tables"] == 6 and report["entries"] == 6  # robustness x2, cost, lipschitz, explain x2
     assert report["heavy"] == []
