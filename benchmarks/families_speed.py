@@ -1,5 +1,6 @@
 """Train-step time of every registered layer family on one small LipConvNet-like conv
-shape, against the unconstrained twin (and orthogonium's raw layer where we wrap it).
+shape, against the unconstrained twin, orthogonium's raw layer where we wrap it, and orthogonium's own
+implementation where we wrote ours (AOL, SLL; issue 16's target: ours <= 1.0x).
 
 Usage: ``python benchmarks/families_speed.py [--channels 32] [--size 16] [--batch-size 64]
 [--repeats 5] [--out families_speed.json]``. Prints, per family, ms per train step,
@@ -37,6 +38,21 @@ def raw_orthogonium(model: nn.Sequential) -> nn.Sequential | None:
     return nn.Sequential(layers[0], GroupSort2(), layers[1])
 
 
+def orthogonium_counterpart(name: str, channels: int) -> nn.Sequential | None:
+    """orthogonium's own layer for a family we wrote ourselves (AOL, SLL), in the same chain; else ``None``."""
+    if name == "aol":
+        from orthogonium.layers.conv.AOL.aol import AOLConv2D
+
+        convs = [AOLConv2D(channels, channels, 3, padding=1) for _ in range(2)]
+    elif name == "sll":
+        from orthogonium.layers.conv.SLL.sll_layer import SDPBasedLipschitzResBlock
+
+        convs = [SDPBasedLipschitzResBlock(channels, 1, kernel_size=3) for _ in range(2)]
+    else:
+        return None
+    return nn.Sequential(convs[0], GroupSort2(), convs[1])
+
+
 def train_step_seconds(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     """Median wall time of one forward + backward + SGD step (after one warm-up step)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -65,6 +81,10 @@ def measure(channels: int, size: int, batch_size: int, repeats: int) -> dict:
         if raw is not None:
             row["orthogonium_raw_s"] = train_step_seconds(raw, x, repeats)
             row["ratio_over_orthogonium_raw"] = row["constrained_s"] / row["orthogonium_raw_s"]
+        theirs = orthogonium_counterpart(name, channels)
+        if theirs is not None:  # ours against orthogonium's implementation of the same layer
+            row["orthogonium_s"] = train_step_seconds(theirs.train(), x, repeats)
+            row["ratio_over_orthogonium"] = row["constrained_s"] / row["orthogonium_s"]
         row["ratio_over_twin"] = row["constrained_s"] / row["twin_s"]
         row["images_per_second"] = batch_size / row["constrained_s"]
         results[name] = row
@@ -82,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     results = measure(args.channels, args.size, args.batch_size, args.repeats)
     for name, row in results.items():
         raw = f"  x{row['ratio_over_orthogonium_raw']:.2f} vs orthogonium raw" if "orthogonium_raw_s" in row else ""
+        raw += f"  x{row['ratio_over_orthogonium']:.2f} vs orthogonium's {name}" if "orthogonium_s" in row else ""
         print(
             f"{name:8s} {1e3 * row['constrained_s']:8.2f} ms/step  {row['images_per_second']:9.1f} img/s  "
             f"x{row['ratio_over_twin']:.2f} vs twin{raw}"

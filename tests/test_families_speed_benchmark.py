@@ -22,3 +22,4 @@ def test_families_speed_benchmark_reports_every_conv_family(tmp_path: Path) -> N
     for row in families.values():
         assert row["constrained_s"] > 0 and row["twin_s"] > 0 and row["ratio_over_twin"] > 0
     assert "ratio_over_orthogonium_raw" in families["aoc"] and "ratio_over_orthogonium_raw" in families["bcop"]
+    assert families["aol"]["ratio_over_orthogonium"] > 0 and families["sll"]["ratio_over_orthogonium"] > 0

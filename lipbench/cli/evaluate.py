@@ -3,7 +3,10 @@ profile's leaderboard.
 
 * a model built elsewhere: ``--dataset D --model FILE.onnx [--card CARD.yaml] [--name N]``
   (the card defaults to ``FILE.card.yaml`` next to the model);
-* weights of one of lipbench's architectures: ``--dataset D --weights FILE.safetensors --variant VARIANT``.
+* a plug-in architecture (entry-point group ``lipbench.architectures``) and its weights:
+  ``--dataset D --architecture NAME --weights FILE.safetensors [--card CARD.yaml]``;
+* weights written by ``lipbench train`` for one of the profile's variants:
+  ``--dataset D --weights FILE.safetensors --variant VARIANT``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--card", type=Path, default=None, help="the model's card (default: MODEL.card.yaml next to it)")
     parser.add_argument("--weights", type=Path, default=None, help="a .safetensors file of a lipbench architecture")
     parser.add_argument("--variant", default=None, help="with --weights: the profile's model variant the weights fit")
+    parser.add_argument(
+        "--architecture",
+        default=None,
+        help="with --weights and a card: a plug-in architecture (entry point lipbench.architectures)",
+    )
     parser.add_argument("--name", default=None, help="leaderboard name (default: the file's stem)")
     parser.add_argument("--reported", type=float, default=None, help="with --weights: the clean accuracy its authors claim")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
@@ -36,10 +44,20 @@ def _check_usage(args: argparse.Namespace) -> None:
         model_file = args.model is not None and Path(args.model).suffix == ".onnx" and Path(args.model).is_file()
         if args.model is not None and not model_file:
             raise ValueError(_OLD_USAGE)
-        if model_file or args.card is not None:
+        if model_file:
             raise ValueError("give either --model FILE.onnx [--card CARD] or --weights FILE --variant VARIANT, not both")
+        if args.architecture is not None:
+            if args.variant is not None or args.reported is not None:
+                raise ValueError("--architecture takes its claims from the card: drop --variant and --reported")
+            return
+        if args.card is not None:
+            raise ValueError(
+                "--card goes with --model FILE.onnx or --architecture NAME; --weights --variant reads lipbench's record"
+            )
         if args.variant is None:
             raise ValueError("--weights needs --variant VARIANT: the profile's model variant whose architecture the weights fit")
+    elif args.architecture is not None:
+        raise ValueError("--architecture NAME needs --weights FILE.safetensors (its state dict) and a card")
     elif args.model is None:
         raise ValueError("give --model FILE.onnx (a model built elsewhere) or --weights FILE.safetensors --variant VARIANT")
     elif args.variant is not None or args.reported is not None:
@@ -56,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.params)
     name = args.name or Path(args.weights or args.model).stem
     try:
-        if args.weights is not None:
+        if args.architecture is not None:
+            entry = evaluate_foreign(
+                profile, args.dataset, args.weights, args.card, name, args.progress, architecture=args.architecture
+            )
+        elif args.weights is not None:
             entry = evaluate_external(profile, args.dataset, args.variant, args.weights, name, args.progress, args.reported)
         else:
             entry = evaluate_foreign(profile, args.dataset, Path(args.model), args.card, name, args.progress)

@@ -30,7 +30,7 @@ from lipbench.evaluate.model_card import ModelCard
 from lipbench.nn import LipschitzUpperBound, graph_lipschitz_upper_bound, lipschitz_upper_bound
 from lipbench.nn.graph_ops import OnnxGraphModule, standardize_onnx
 
-__all__ = ["ONNX_OPERATORS", "ForeignModel", "GraphBody", "Normalize", "load_foreign"]
+__all__ = ["ONNX_OPERATORS", "ForeignModel", "GraphBody", "Normalize", "assemble", "check_card", "load_foreign"]
 
 #: ONNX operators (default domain) a foreign model may use; anything else is refused before conversion.
 ONNX_OPERATORS = frozenset(
@@ -74,12 +74,13 @@ class GraphBody(nn.Module):
 
 @dataclass(frozen=True)
 class ForeignModel:
-    """The evaluated model (``[body, head]`` chain), its strict bound from the whole graph, the file's sha256."""
+    """The evaluated model (``[body, head]`` chain), its strict bound from the whole graph, the file's sha256
+    and where the model came from (``source``: "ONNX model (opset 17)", "plug-in architecture NAME", ...)."""
 
     model: nn.Module
     upper: LipschitzUpperBound
     sha256: str
-    opset: int
+    source: str
     parameter_count: int
 
 
@@ -146,7 +147,7 @@ def _check_io(path: Path, proto, card: ModelCard) -> None:
         raise ValueError(f"{path}: input shape (batch, {dims[1:]}) contradicts the card's input_shape {list(card.input_shape)}")
 
 
-def _check_card(card: ModelCard, info: DatasetInfo, dataset: str) -> None:
+def check_card(card: ModelCard, info: DatasetInfo, dataset: str) -> None:
     """The card against the dataset: name, input shape and range, class count and order."""
     where = f"model card {card.path}"
     checks = [
@@ -205,6 +206,9 @@ def _build(graph: nn.Module, card: ModelCard) -> tuple[nn.Module, nn.Module]:
     """The whole map (for the graph bound) and the evaluated chain ``[body, head]`` (the same function)."""
     normalize = nn.Identity() if card.mean is None else Normalize(card.mean, card.std, len(card.input_shape))
     whole = nn.Sequential(normalize, graph).eval()
+    if isinstance(graph, nn.Sequential) and len(graph) > 1 and isinstance(graph[-1], nn.Linear):
+        links = OrderedDict(body=GraphBody(nn.Sequential(copy.deepcopy(normalize), graph[:-1])), head=graph[-1])
+        return whole, nn.Sequential(links).eval()
     if not isinstance(graph, GraphModule):
         return whole, nn.Sequential(OrderedDict(body=GraphBody(whole))).eval()
     body, head = _split_head(graph)
@@ -232,18 +236,23 @@ def load_foreign(path: Path, card: ModelCard, info: DatasetInfo, dataset: str) -
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     _refuse_pickles(path)
-    _check_card(card, info, dataset)
+    check_card(card, info, dataset)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's DecodeError and friends
         raise ValueError(f"{path}: cannot be read as an ONNX model: {error}") from None
     _check_proto(path, proto)
     _check_io(path, proto, card)
-    whole, chain = _build(_convert(path, proto, card), card)
+    opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
+    return assemble(path, _convert(path, proto, card), card, info, f"ONNX model (opset {opset})")
+
+
+def assemble(path: Path, graph: nn.Module, card: ModelCard, info: DatasetInfo, source: str) -> ForeignModel:
+    """The checked model of ``graph`` (the card's normalisation first) with its strict graph bound."""
+    whole, chain = _build(graph, card)
     _check_outputs(path, whole, chain, card, info)
     upper = graph_lipschitz_upper_bound(whole, card.input_shape)
     chained = lipschitz_upper_bound(chain, card.input_shape)
     if not math.isclose(chained.whole_map, upper.whole_map, rel_tol=1e-9):
         raise ValueError(f"{path}: the chain's bound {chained.whole_map} differs from the graph's {upper.whole_map}")
-    opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
-    return ForeignModel(chain, upper, sha256_file(path), int(opset), sum(p.numel() for p in chain.parameters()))
+    return ForeignModel(chain, upper, sha256_file(path), source, sum(p.numel() for p in chain.parameters()))

@@ -1,0 +1,1 @@
+"""Worked example of a plug-in architecture for ``lipbench evaluate --architecture``."""
