@@ -67,6 +67,24 @@ def train_step_seconds(model: nn.Module, x: torch.Tensor, repeats: int) -> float
     return sorted(times)[len(times) // 2]
 
 
+def saved_for_backward_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one training forward (each storage
+    counted once): the layer's activation memory, device-independent (on CUDA, Prach et al. measure
+    ``max_memory_allocated``, which adds weights, gradients and the allocator's slack)."""
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(x).square().mean()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
 def measure(channels: int, size: int, batch_size: int, repeats: int) -> dict:
     torch.manual_seed(0)
     x = torch.randn(batch_size, channels, size, size)
@@ -77,6 +95,8 @@ def measure(channels: int, size: int, batch_size: int, repeats: int) -> dict:
         model = family_model(name, channels, size).train()
         row = {"constrained_s": train_step_seconds(model, x, repeats)}
         row["twin_s"] = train_step_seconds(unconstrained_twin(model).train(), x, repeats)
+        row["saved_mb"] = saved_for_backward_bytes(model, x) / 2**20
+        row["twin_saved_mb"] = saved_for_backward_bytes(unconstrained_twin(model).train(), x) / 2**20
         raw = raw_orthogonium(model)
         if raw is not None:
             row["orthogonium_raw_s"] = train_step_seconds(raw, x, repeats)
@@ -105,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         raw += f"  x{row['ratio_over_orthogonium']:.2f} vs orthogonium's {name}" if "orthogonium_s" in row else ""
         print(
             f"{name:8s} {1e3 * row['constrained_s']:8.2f} ms/step  {row['images_per_second']:9.1f} img/s  "
-            f"x{row['ratio_over_twin']:.2f} vs twin{raw}"
+            f"x{row['ratio_over_twin']:.2f} vs twin  {row['saved_mb']:7.2f} MB saved for backward "
+            f"(twin {row['twin_saved_mb']:.2f}){raw}"
         )
     if args.out is not None:
         shape = {"channels": args.channels, "size": args.size, "batch_size": args.batch_size, "repeats": args.repeats}

@@ -24,7 +24,14 @@ from typing import Any
 
 import jsonschema
 
-from lipbench.summaries import AttackSummary, CertifySummary, ModelDescription, TrainSummary, VerifySummary
+from lipbench.summaries import (
+    AttackSummary,
+    CertifySummary,
+    ExplainSummary,
+    ModelDescription,
+    TrainSummary,
+    VerifySummary,
+)
 
 __all__ = [
     "SCHEMA_PATH",
@@ -129,9 +136,11 @@ def build_entry(
     verify: VerifySummary,
     train: TrainSummary | None = None,
     reported: float | None = None,
+    explain: ExplainSummary | None = None,
 ) -> dict[str, Any]:
     """One model's entry from its summaries (``train`` is None for external models);
-    ``reported``: the clean accuracy the model's authors claim, when known.
+    ``reported``: the clean accuracy the model's authors claim, when known; ``explain``: the
+    explain stage's summary (``None``: not measured, the entry's ``explain`` is null).
 
     Raises :class:`LeaderboardEntryError` if the summaries are of different runs, violate
     the accuracy ordering on the same points, or the entry fails the schema."""
@@ -162,6 +171,7 @@ def build_entry(
         "constrained": description.constrained,
         "external": key.external is not None,
         "lipschitz": _lipschitz(certify, verify),
+        "explain": None if explain is None else _explain(explain),
         "verification": {"status": verify.status, "failures": list(verify.failures)},
         **_costs(certify, train),
         "environment": dict((train or certify).environment)
@@ -198,6 +208,21 @@ def _lipschitz(certify: CertifySummary, verify: VerifySummary) -> dict[str, floa
         "upper_max_per_logit": float(upper.max_per_logit),
         "lower_whole_map": float(lower.whole_map),
         "lower_max_per_logit": float(lower.max_per_logit),
+    }
+
+
+def _explain(explain: ExplainSummary) -> dict[str, Any]:
+    """Faithfulness, stability, alignment and counterfactual figures of the explain stage (its points)."""
+    return {
+        "points": int(explain.points),
+        "mu_fidelity": explain.mu_fidelity,
+        "deletion_auc": explain.deletion_auc,
+        "insertion_auc": explain.insertion_auc,
+        "max_sensitivity": explain.max_sensitivity,
+        "alignment": dict(explain.alignment),
+        "counterfactual_over_radius": explain.counterfactual_over_radius,
+        "counterfactual_over_min_adversarial": explain.counterfactual_over_min_adversarial,
+        "counterfactual_violations": len(explain.counterfactual_violations),
     }
 
 

@@ -21,5 +21,20 @@ def test_families_speed_benchmark_reports_every_conv_family(tmp_path: Path) -> N
     assert set(families) == {name for name in list_families() if get_family(name).conv is not None}
     for row in families.values():
         assert row["constrained_s"] > 0 and row["twin_s"] > 0 and row["ratio_over_twin"] > 0
+        assert row["saved_mb"] > 0 and row["twin_saved_mb"] > 0
     assert "ratio_over_orthogonium_raw" in families["aoc"] and "ratio_over_orthogonium_raw" in families["bcop"]
     assert families["aol"]["ratio_over_orthogonium"] > 0 and families["sll"]["ratio_over_orthogonium"] > 0
+
+
+def test_saved_for_backward_bytes_counts_each_kept_tensor_once() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("families_speed", ROOT / "benchmarks/families_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    linear = torch.nn.Linear(10, 3, bias=False)
+    x = torch.randn(4, 10)
+    # y = x W^T keeps x (4 x 10 floats); square keeps y (4 x 3); mean keeps nothing
+    assert module.saved_for_backward_bytes(linear, x) == 4 * (4 * 10 + 4 * 3)

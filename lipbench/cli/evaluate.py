@@ -64,33 +64,44 @@ def _check_usage(args: argparse.Namespace) -> None:
         raise ValueError("--variant and --reported go with --weights; a model file's card gives its claims")
 
 
-def run(args: argparse.Namespace) -> int:
-    from lipbench.entries import accuracy_at
+def evaluate(args: argparse.Namespace, profile) -> dict:
+    """The entry of the model the arguments name (one library call per form); raises ``VerificationFailed``."""
     from lipbench.evaluate.external import evaluate_external, evaluate_foreign
+
+    name = args.name or Path(args.weights or args.model).stem
+    if args.architecture is not None:
+        return evaluate_foreign(
+            profile, args.dataset, args.weights, args.card, name, args.progress, architecture=args.architecture
+        )
+    if args.weights is not None:
+        return evaluate_external(profile, args.dataset, args.variant, args.weights, name, args.progress, args.reported)
+    return evaluate_foreign(profile, args.dataset, Path(args.model), args.card, name, args.progress)
+
+
+def summary_line(entry: dict) -> str:
+    """One line: the points, clean, certified and AutoAttack accuracy at the headline epsilon."""
+    from lipbench.entries import accuracy_at
+
+    eps, points = entry["eps"], entry["points"]["attacked"]
+    return (
+        f"{entry['dataset']}/{entry['model']}: on the first {points} test points, clean {entry['clean_acc']:.3f}, "
+        f"certified {accuracy_at(entry['certified_acc'], eps):.3f} and AutoAttack {entry['autoattack_acc']} at eps {eps:g}; "
+        "verified"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
     from lipbench.evaluate.run import VerificationFailed
     from lipbench.profiles import load_profile
 
     _check_usage(args)
     profile = load_profile(args.params)
-    name = args.name or Path(args.weights or args.model).stem
     try:
-        if args.architecture is not None:
-            entry = evaluate_foreign(
-                profile, args.dataset, args.weights, args.card, name, args.progress, architecture=args.architecture
-            )
-        elif args.weights is not None:
-            entry = evaluate_external(profile, args.dataset, args.variant, args.weights, name, args.progress, args.reported)
-        else:
-            entry = evaluate_foreign(profile, args.dataset, Path(args.model), args.card, name, args.progress)
+        entry = evaluate(args, profile)
     except VerificationFailed as failure:
-        print(f"lipbench evaluate: {name} FAILED verification (entry written, flagged):\n{failure}", file=sys.stderr)
+        print(f"lipbench evaluate: FAILED verification (entry written, flagged):\n{failure}", file=sys.stderr)
         return 1
-    eps, points = entry["eps"], entry["points"]["attacked"]
-    print(
-        f"lipbench evaluate: {entry['dataset']}/{name}: on the first {points} test points, clean {entry['clean_acc']:.3f}, "
-        f"certified {accuracy_at(entry['certified_acc'], eps):.3f} and AutoAttack {entry['autoattack_acc']} at eps {eps:g}; "
-        "verified. Run `dvc repro` to refresh the leaderboard."
-    )
+    print(f"lipbench evaluate: {summary_line(entry)}. `lipbench submit` (or `dvc repro`) refreshes the leaderboard.")
     for flag in entry.get("flags", []):
         print(f"lipbench evaluate: flagged: {flag}", file=sys.stderr)
     return 0

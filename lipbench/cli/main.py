@@ -25,6 +25,7 @@ _COMMANDS = {
     "explain": ("lipbench.cli.explain", "saliency maps of a dataset's models: faithfulness, stability, counterfactuals"),
     "report": ("lipbench.cli.report", "figures, tables, leaderboard and index.html of a profile"),
     "evaluate": ("lipbench.cli.evaluate", "evaluate an externally trained checkpoint and add it to the leaderboard"),
+    "submit": ("lipbench.cli.submit", "evaluate a model built elsewhere and regenerate the profile's leaderboard (md, html)"),
     "check-repro": ("lipbench.cli.check_repro", "compare fresh metrics with the committed ones"),
     "launch": ("lipbench.cli.launch", "run the DVC stages that are not up to date as local or Slurm jobs, then dvc commit them"),
 }

@@ -31,7 +31,13 @@ def collect_entries(inputs: ReportInputs) -> list[dict[str, Any]]:
         train = inputs.train[key]
         entries.append(
             build_entry(
-                inputs.profile.name, train.description, inputs.certify(key), inputs.attack(key), inputs.verify(key), train
+                inputs.profile.name,
+                train.description,
+                inputs.certify(key),
+                inputs.attack(key),
+                inputs.verify(key),
+                train,
+                explain=inputs.explain(key),
             )
         )
     folder = inputs.layout.external_entries()
@@ -88,13 +94,20 @@ def _columns(entries: list[Mapping[str, Any]]) -> list[str]:
         "verification",
         "train s",
         "params",
+        f"µ-fidelity ({_explain_points(entries)} pts)",
+        "cos(∇, DeepFool)",
     ]
+
+
+def _explain_points(entries: list[Mapping[str, Any]]) -> str:
+    return "/".join(map(str, sorted({entry["explain"]["points"] for entry in entries if entry.get("explain")}))) or "-"
 
 
 def _row(position: int, entry: Mapping[str, Any]) -> list[str]:
     eps = entry["eps"]
     lipschitz = entry["lipschitz"]
     status = entry["verification"]["status"]
+    explain = entry.get("explain") or {"mu_fidelity": None, "alignment": {}}  # null: evaluated outside the pipeline
     return [
         str(position),
         f"{entry['model']} (seed {entry['seed']})",
@@ -110,6 +123,8 @@ def _row(position: int, entry: Mapping[str, Any]) -> list[str]:
         "verified" if status == "verified" else "**FAILED**",
         _fmt(entry["train_seconds"], 1),
         str(entry["parameter_count"]),
+        _fmt(explain["mu_fidelity"]),
+        _fmt(explain["alignment"].get("deepfool_l2")),
     ]
 
 
@@ -117,7 +132,8 @@ _INTRO = (
     "Ranked per dataset: verified entries first, then certified accuracy at the headline eps (certify points), then "
     "AutoAttack accuracy. L2 threat model; accuracies are fractions. Clean, certified, AutoAttack and all-attacks "
     "columns are measured on the same test points (the attack stage's); the last certified column on the certify "
-    "stage's larger set."
+    "stage's larger set. µ-fidelity (Bhatt et al. 2020) and the cosine between the margin's input gradient and DeepFool's "
+    "minimal adversarial direction come from the explain stage (its first test points; Serrurier et al., NeurIPS 2023)."
 )
 
 

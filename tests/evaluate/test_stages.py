@@ -248,6 +248,52 @@ def test_external_lipbench_weights_are_evaluated_and_added_to_the_leaderboard(tr
     assert entry["verification"]["status"] == "verified" and entry["train_seconds"] is None
     names = {e["model"] for e in collect_entries(read_inputs(profile))}
     assert names == {"hkr", "standard", "mine"}
+    # one command: evaluate and regenerate the leaderboard (md and html) of the profile
+    weights = tmp_path / "mine.safetensors"
+    argv = ["submit", "--params", str(trained), "--dataset", "digits", "--weights", str(weights), "--variant", "hkr"]
+    assert cli_main([*argv, "--name", "theirs", "--no-progress"]) == 0
+    reports = profile.path_of("reports")
+    assert "hKR_α^m (theirs)" in (reports / "leaderboard.md").read_text()
+    assert "theirs" in (reports / "leaderboard.html").read_text()
+    ranked = json.loads((reports / "leaderboard.json").read_text())["datasets"]["digits"]
+    assert {e["model"] for e in ranked} == {"hkr", "standard", "mine", "theirs"}
+
+
+def test_submit_to_a_profile_never_run_is_one_error_before_any_stage(tmp_path, monkeypatch, capsys):
+    from lipbench.cli.main import main as cli_main
+    from lipbench.evaluate import external
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran")
+
+    monkeypatch.setattr(external, "evaluate_one", no_stage)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(_never_run_params(tmp_path)))
+    argv = ["submit", "--params", str(params), "--dataset", "digits", "--model", str(tmp_path / "m.onnx")]
+    assert cli_main(argv) == 2
+    assert "inputs are missing" in capsys.readouterr().err
+    assert not (tmp_path / "metrics" / "external").exists()
+
+
+def _never_run_params(folder: Path) -> dict:
+    return {
+        "profile": "never",
+        "root": ".",
+        "params_file": "params.yaml",
+        "paths": {key: str(folder / key) for key in ("data", "models", "evaluation", "metrics", "reports")},
+        "datasets": ["digits"],
+        "models": ["hkr"],
+        "seeds": [0],
+        "prepare": {"mirror": "", "digits": {"seed": 0, "test_fraction": 0.25}},
+        "train": {"device": "cpu", "digits": {"recipe": {"epochs": 1, "batch_size": 64, "learning_rate": 0.005}, "hkr": {}}},
+        "evaluate": {
+            "device": "cpu",
+            "batch_size": 64,
+            "workers": 1,
+            "verify": {"ascent_steps": 3, "audit_points": 40, "audit_steps": 10, "layer_power_iterations": 10},
+            "digits": {"epsilons": [0.1], "certify_points": 40, "attack_points": 20, "deepfool_points": 20, "attacks": ["fgm"]},
+        },
+    }
 
 
 def test_evaluate_refuses_pickles_and_mismatched_checkpoints_before_any_stage(trained, tmp_path, monkeypatch, no_unpickling):
