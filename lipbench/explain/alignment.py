@@ -69,6 +69,28 @@ def _flips(model: nn.Module, x: Tensor, step: Tensor, scales: Tensor, classes: T
     return chosen.reshape(n, count) != classes[:, None]
 
 
+def _linearised_step(x: Tensor, margin: Tensor, gradient: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``‖∇m‖²``, where the step is defined (``∇m ≠ 0``, ``m ≠ 0``), and ``-m ∇m / ‖∇m‖²`` (0 elsewhere)."""
+    n, shape = len(x), (len(x), *([1] * (x.ndim - 1)))
+    norm2 = gradient.reshape(n, -1).double().pow(2).sum(dim=1)
+    usable = (norm2 > 0) & (margin != 0)
+    step = -(margin.double() / torch.where(usable, norm2, 1.0)).reshape(shape) * gradient.double()
+    return norm2, usable, torch.where(usable.reshape(shape), step, 0.0).to(x.dtype)
+
+
+def flipped_at(
+    model: nn.Module, x: Tensor, classes: Tensor, margin: Tensor, gradient: Tensor, u: float, batch_size: int = 256
+) -> Tensor:
+    """``(N,)``: 1.0 where ``x - u m(x) ∇m(x) / ‖∇m(x)‖²`` is classified otherwise than ``x``, 0.0 where
+    not, NaN where the step is undefined. At ``u = 1 + δ``, just past the boundary of the linearised
+    model: an OT-trained network's gradient should flip (nearly) every point there (Serrurier et al.
+    2023, section 3)."""
+    _, usable, step = _linearised_step(x, margin, gradient)
+    scale = torch.full((len(x), 1), float(u), dtype=x.dtype, device=x.device)
+    flips = _flips(model, x, step, scale, classes, batch_size)[:, 0].to(x.dtype)
+    return torch.where(usable, flips, torch.nan)
+
+
 def gradient_counterfactuals(
     model: nn.Module,
     x: Tensor,
@@ -90,10 +112,7 @@ def gradient_counterfactuals(
     flipped one is not seen: the resolution is ``1 / grid`` of the linearised distance.
     """
     n = len(x)
-    norm2 = gradient.reshape(n, -1).double().pow(2).sum(dim=1)
-    usable = (norm2 > 0) & (margin != 0)
-    step = -(margin.double() / torch.where(usable, norm2, 1.0)).reshape(n, *([1] * (x.ndim - 1))) * gradient.double()
-    step = torch.where(usable.reshape(n, *([1] * (x.ndim - 1))), step, 0.0).to(x.dtype)
+    norm2, usable, step = _linearised_step(x, margin, gradient)
     scan = torch.cat([torch.arange(1, 2 * grid + 1) / grid, 2.0 ** torch.arange(2, doublings + 2)]).to(x.device, x.dtype)
     flips = _flips(model, x, step, scan.expand(n, -1), classes, batch_size) & usable[:, None]
     found = flips.any(dim=1)

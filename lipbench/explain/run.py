@@ -35,7 +35,13 @@ from lipbench.environment import environment_record, source_fingerprint
 from lipbench.evaluate.model_stages import load_model_and_points
 from lipbench.evaluate.run import model_keys
 from lipbench.evaluate.settings import evaluation_settings
-from lipbench.explain.alignment import adversarial_alignment, counterfactual_checks, gradient_counterfactuals, rounding_slack
+from lipbench.explain.alignment import (
+    adversarial_alignment,
+    counterfactual_checks,
+    flipped_at,
+    gradient_counterfactuals,
+    rounding_slack,
+)
 from lipbench.explain.faithfulness import curve_area, deletion_curves, mu_fidelity
 from lipbench.explain.saliency import margin_and_gradient, saliency_map
 from lipbench.explain.settings import ExplainSettings, explain_settings
@@ -71,6 +77,7 @@ _PER_POINT = (
     "sparseness",
     "counterfactual_t",
     "counterfactual_distance",
+    "counterfactual_flipped_past_boundary",
 )
 
 
@@ -93,6 +100,7 @@ class ExplainArrays:
     sparseness: np.ndarray
     counterfactual_t: np.ndarray
     counterfactual_distance: np.ndarray
+    counterfactual_flipped_past_boundary: np.ndarray
     certified_radius: np.ndarray
     counterfactual_slack: np.ndarray
     min_adversarial_norm: np.ndarray
@@ -142,6 +150,9 @@ def _explain_chunk(model: nn.Module, x: Tensor, settings: ExplainSettings, gener
         "sparseness": sparseness(saliency),
         "counterfactual_t": counterfactual.t,
         "counterfactual_distance": counterfactual.distance,
+        "counterfactual_flipped_past_boundary": flipped_at(
+            model, x, classes, margin, gradient, 1.0 + settings.counterfactual_delta, batch
+        ),
     }
 
 

@@ -27,7 +27,9 @@ class ExplainSettings:
     deletion / insertion curves. ``fidelity_subset_fraction`` of the features form each of the
     ``fidelity_subsets`` µ-fidelity subsets. ``sensitivity_radius`` / ``sensitivity_samples``:
     the L∞ noise of max-sensitivity. ``counterfactual_grid`` / ``counterfactual_bisections``:
-    the counterfactual search. ``seed``: every random draw.
+    the counterfactual search. ``counterfactual_delta``: the counterfactual is also evaluated at
+    ``u = 1 + delta``, just past the linearised boundary (Serrurier et al. 2023). ``seed``: every
+    random draw.
     """
 
     points: int = 64
@@ -39,6 +41,7 @@ class ExplainSettings:
     sensitivity_samples: int = 16
     counterfactual_grid: int = 32
     counterfactual_bisections: int = 40
+    counterfactual_delta: float = 0.05
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"
@@ -91,6 +94,9 @@ def explain_settings(profile: Profile, dataset: str) -> ExplainSettings:
     fraction = _check_number(where, "fidelity_subset_fraction", values["fidelity_subset_fraction"], positive=True)
     if fraction > 1:
         raise ProfileError(f"{where}.fidelity_subset_fraction must be in (0, 1], got {fraction!r}")
+    delta = _check_number(where, "counterfactual_delta", values["counterfactual_delta"], positive=True)
+    if delta > 1:
+        raise ProfileError(f"{where}.counterfactual_delta must be in (0, 1], got {delta!r}")
     evaluate = profile.section("evaluate")
     certify_points = (evaluate.get(dataset) or {}).get("certify_points", 1000)
     if values["points"] > certify_points:

@@ -121,8 +121,9 @@ def _build_into(inputs: ReportInputs, out: Path, sources: list[Path], cwd: Path,
     from lipbench.report.index import render_index
     from lipbench.report.leaderboard import write_leaderboard
     from lipbench.report.notebooks import NotebookError, run_notebook
+    from lipbench.report.plot_csvs import write_plot_csvs
     from lipbench.report.plotting import FORMATS
-    from lipbench.report.tables import all_tables, write_plot_csvs, write_tables
+    from lipbench.report.tables import all_tables, write_tables
     from lipbench.report.vega import write_plots_page
 
     profile = inputs.profile

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lipbench.entries import require_accuracy_order
+from lipbench.explain.figures import counterfactual_figures
 from lipbench.io import write_text_atomic
 from lipbench.report.inputs import ReportInputs
 from lipbench.report.labels import attack_label, latex_name
@@ -42,8 +43,8 @@ __all__ = [
     "explain_table",
     "all_tables",
     "write_tables",
-    "plot_rows",
-    "write_plot_csvs",
+    "mean_over_seeds",
+    "seed_keys",
 ]
 
 _LATEX_ESCAPES = {
@@ -66,12 +67,12 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text).replace("±", r"$\pm$").replace("ε", r"$\varepsilon$")
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean_over_seeds(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
 def _spread(values: Sequence[float], scale: float, fmt: str) -> str:
-    text = format(scale * _mean(values), fmt)
+    text = format(scale * mean_over_seeds(values), fmt)
     return f"{text} ± {format(scale * float(np.std(values)), fmt)}" if len(values) > 1 else text
 
 
@@ -103,7 +104,7 @@ class Column:
 
     def raw(self, value: Any) -> Any:
         if self.kind in ("percent", "number"):
-            value = _mean(value)
+            value = mean_over_seeds(value)
         if isinstance(value, float):
             return "" if np.isnan(value) else f"{value:.6g}"
         return value
@@ -159,7 +160,7 @@ class Table:
         return "\n".join(lines) + "\n"
 
 
-def _seed_keys(inputs: ReportInputs, dataset: str, model: str) -> list[RunKey]:
+def seed_keys(inputs: ReportInputs, dataset: str, model: str) -> list[RunKey]:
     return [RunKey(dataset, model, seed) for seed in inputs.profile.seeds]
 
 
@@ -179,7 +180,7 @@ def robustness_table(inputs: ReportInputs, dataset: str) -> Table:
     table = Table(f"robustness_{dataset}", f"Robust and certified accuracy (%) on {dataset}, L2 threat model", columns)
     table.group = len(epsilons)
     for model in profile.models:
-        keys = _seed_keys(inputs, dataset, model)
+        keys = seed_keys(inputs, dataset, model)
         attack = [inputs.attack(key) for key in keys]
         for summary in attack:
             require_accuracy_order(summary)
@@ -223,7 +224,7 @@ def cost_table(inputs: ReportInputs) -> Table:
         eps = inputs.headline_eps(dataset)
         headlines.append(f"{dataset} {eps:g}")
         for model in inputs.profile.models:
-            keys = _seed_keys(inputs, dataset, model)
+            keys = seed_keys(inputs, dataset, model)
             trains = [inputs.train[key] for key in keys]
             table.rows.append(
                 [
@@ -232,7 +233,7 @@ def cost_table(inputs: ReportInputs) -> Table:
                     trains[0].paper_name or model,
                     f"{trains[0].architecture} ({trains[0].kit})",
                     trains[0].parameter_count,
-                    [_mean(t.timing.seconds_per_epoch) for t in trains],
+                    [mean_over_seeds(t.timing.seconds_per_epoch) for t in trains],
                     [t.timing.train_seconds for t in trains],
                     [t.peak_memory_mb["process_rss"] for t in trains],
                     [inputs.certify(key).certified_at(eps) for key in keys],
@@ -293,29 +294,55 @@ def _optional(value: float | None) -> list[float]:  # None: no point defined it
     return [float("nan") if value is None else value]
 
 
+_EXPLAIN_COLUMNS = (
+    Column("Model", "model"),
+    Column("Method", "method", "name"),
+    Column("Seed", "seed"),
+    Column("Points", "points"),
+    Column("Deletion AUC ↓", "deletion_auc", "number", ".3f"),
+    Column("Insertion AUC ↑", "insertion_auc", "number", ".3f"),
+    Column("µ-fidelity ↑", "mu_fidelity", "number", ".3f"),
+    Column("Max-sensitivity ↓", "max_sensitivity", "number", ".3f"),
+    Column("Complexity ↓", "complexity", "number", ".3f"),
+    Column("Sparseness ↑", "sparseness", "number", ".3f"),
+    Column("cos(∇, DeepFool)", "alignment_deepfool_l2", "number", ".3f"),
+    Column("Counterfactual / radius", "counterfactual_over_radius", "number", ".3f"),
+    Column("Counterfactual / min. adv.", "counterfactual_over_min_adversarial", "number", ".3f"),
+    Column("Violations", "counterfactual_violations"),
+    Column("Flipped at u = 1 + δ ↑", "flipped_past_boundary", "number", ".3f"),
+    Column("|m|/‖∇m‖ / min. adv.", "linearised_over_min_adversarial", "number", ".3f"),
+)
+
+
+def _explain_notes(points: set[int], deltas: set[float | None]) -> list[str]:
+    recorded = ", ".join(sorted(f"{d:g}" for d in deltas if d is not None)) or "not recorded"
+    return [
+        f"Every model on the same first {', '.join(map(str, sorted(points)))} test points (the certify stage's first "
+        "points). Saliency: the gradient of the decision margin (binary f, multiclass f_top - f_runner-up). "
+        "Deletion / insertion AUC: normalised margin as the most salient features are set to the baseline / revealed "
+        "(Petsiuk et al. 2018); µ-fidelity: Pearson correlation of summed saliency with the margin drop over random "
+        "subsets (Bhatt et al. 2020); max-sensitivity: largest relative change of the map under uniform noise "
+        "(Yeh et al. 2019); complexity: entropy of the normalised |map|; sparseness: its Gini index.",
+        "cos(∇, DeepFool): cosine between -∇ and the DeepFool minimal adversarial direction, over the points it broke. "
+        "Counterfactual: x - t f(x) ∇f(x) at the first flip; its median distance over the certified radius (>= 1 for a "
+        "sound certificate; Violations counts points below it) and over the smallest minimal adversarial norm. "
+        f"Flipped at u = 1 + δ: fraction of points whose x - u m(x) ∇m(x) / ‖∇m(x)‖² is classified otherwise (δ = "
+        f"{recorded}); |m|/‖∇m‖ / min. adv.: median of the linearised boundary distance over the smallest minimal "
+        "adversarial norm (near 1 for an OT-optimal classifier; Serrurier et al. 2023).",
+    ]
+
+
 def explain_table(inputs: ReportInputs, dataset: str) -> Table:
     """Per model of ``dataset``: saliency metrics, adversarial alignment, counterfactual / radius."""
-    columns = [
-        Column("Model", "model"),
-        Column("Method", "method", "name"),
-        Column("Seed", "seed"),
-        Column("Points", "points"),
-        Column("Deletion AUC ↓", "deletion_auc", "number", ".3f"),
-        Column("Insertion AUC ↑", "insertion_auc", "number", ".3f"),
-        Column("µ-fidelity ↑", "mu_fidelity", "number", ".3f"),
-        Column("Max-sensitivity ↓", "max_sensitivity", "number", ".3f"),
-        Column("Complexity ↓", "complexity", "number", ".3f"),
-        Column("Sparseness ↑", "sparseness", "number", ".3f"),
-        Column("cos(∇, DeepFool)", "alignment_deepfool_l2", "number", ".3f"),
-        Column("Counterfactual / radius", "counterfactual_over_radius", "number", ".3f"),
-        Column("Counterfactual / min. adv.", "counterfactual_over_min_adversarial", "number", ".3f"),
-        Column("Violations", "counterfactual_violations"),
-    ]
-    table = Table(f"explain_{dataset}", f"Explanations on {dataset}: gradient saliency and counterfactuals", columns)
+    title = f"Explanations on {dataset}: gradient saliency and counterfactuals"
+    table = Table(f"explain_{dataset}", title, list(_EXPLAIN_COLUMNS))
     table.group = len(inputs.profile.seeds)
     points = set()
+    deltas = set()  # the delta each model's explain stage used (its recorded settings)
     for key in inputs.keys(dataset):
         explain, train = inputs.explain(key), inputs.train[key]
+        figures = counterfactual_figures(inputs.layout.stage_arrays("explain", key))
+        deltas.add(explain.settings.get("counterfactual_delta"))
         points.add(explain.points)
         table.rows.append(
             [
@@ -333,19 +360,11 @@ def explain_table(inputs: ReportInputs, dataset: str) -> Table:
                 _optional(explain.counterfactual_over_radius),
                 _optional(explain.counterfactual_over_min_adversarial),
                 len(explain.counterfactual_violations),
+                _optional(figures.flipped_past_boundary),
+                _optional(figures.linearised_over_min_adversarial),
             ]
         )
-    table.notes = [
-        f"Every model on the same first {', '.join(map(str, sorted(points)))} test points (the certify stage's first "
-        "points). Saliency: the gradient of the decision margin (binary f, multiclass f_top - f_runner-up). "
-        "Deletion / insertion AUC: normalised margin as the most salient features are set to the baseline / revealed "
-        "(Petsiuk et al. 2018); µ-fidelity: Pearson correlation of summed saliency with the margin drop over random "
-        "subsets (Bhatt et al. 2020); max-sensitivity: largest relative change of the map under uniform noise "
-        "(Yeh et al. 2019); complexity: entropy of the normalised |map|; sparseness: its Gini index.",
-        "cos(∇, DeepFool): cosine between -∇ and the DeepFool minimal adversarial direction, over the points it broke. "
-        "Counterfactual: x - t f(x) ∇f(x) at the first flip; its median distance over the certified radius (>= 1 for a "
-        "sound certificate; Violations counts points below it) and over the smallest minimal adversarial norm.",
-    ]
+    table.notes = _explain_notes(points, deltas)
     return table
 
 
@@ -366,35 +385,5 @@ def write_tables(tables: Sequence[Table], folder: Path) -> list[Path]:
         for suffix, text in (("md", table.markdown()), ("csv", table.csv()), ("tex", table.latex())):
             path = folder / f"{table.name}.{suffix}"
             write_text_atomic(path, text)
-            paths.append(path)
-    return paths
-
-
-def plot_rows(inputs: ReportInputs, dataset: str, model: str) -> tuple[list[str], list[list[float]]]:
-    """Columns ``eps, certified, combined, <attack>...`` (the attack points) and one row per eps
-    (means over seeds)."""
-    attack = [inputs.attack(key) for key in _seed_keys(inputs, dataset, model)]
-    names = list(attack[0].attacks)
-    rows = []
-    for e, eps in enumerate(attack[0].epsilons):
-        certified = _mean([s.certified_accuracy[e] for s in attack])
-        combined = _mean([s.robust_accuracy[e] for s in attack])
-        per_attack = [_mean([s.per_attack_robust_accuracy[a][e] for s in attack]) for a in names]
-        rows.append([float(eps), certified, combined, *per_attack])
-    return ["eps", "certified", "combined", *names], rows
-
-
-def write_plot_csvs(inputs: ReportInputs, folder: Path) -> list[Path]:
-    """``<folder>/<dataset>/<model>.csv`` for ``dvc plots`` (x: eps; y: certified, combined, each attack)."""
-    paths = []
-    for dataset in inputs.profile.datasets:
-        for model in inputs.profile.models:
-            columns, rows = plot_rows(inputs, dataset, model)
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(columns)
-            writer.writerows([[f"{v:.6g}" for v in row] for row in rows])
-            path = folder / dataset / f"{model}.csv"
-            write_text_atomic(path, buffer.getvalue())
             paths.append(path)
     return paths

@@ -93,3 +93,45 @@ def test_a_linear_gradient_is_aligned_with_the_minimal_adversarial_example():
     assert cosine[:5].tolist() == pytest.approx([1.0] * 5, abs=1e-6)
     assert torch.isnan(cosine[5])
     assert adversarial_alignment(gradient, x, x + f[:, None] * w)[:5].tolist() == pytest.approx([-1.0] * 5, abs=1e-6)
+
+
+def test_a_linear_model_flips_just_past_the_linearised_boundary_and_its_ratio_is_one():
+    """f(x) = w.x + b: x - u f(x) w / ‖w‖² lies on the boundary at u = 1 (flipped past it, not before),
+    and |f| / ‖∇f‖ is the exact distance to the boundary, the minimal adversarial norm."""
+    import numpy as np
+
+    from lipbench.explain.alignment import flipped_at
+    from lipbench.explain.figures import counterfactual_figures
+    from lipbench.explain.saliency import margin_and_gradient
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 1).double()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    margin, gradient, classes = margin_and_gradient(model, x)
+    past = flipped_at(model, x, classes, margin, gradient, 1.05)
+    before = flipped_at(model, x, classes, margin, gradient, 0.95)
+    assert past.tolist() == [1.0] * 40 and before.tolist() == [0.0] * 40
+    distance = (margin.abs() / model.weight.norm()).detach().numpy()
+    arrays = {
+        "margin": margin.detach().numpy(),
+        "gradient_norm": gradient.reshape(40, -1).norm(dim=1).detach().numpy(),
+        "min_adversarial_norm": distance,
+        "counterfactual_flipped_past_boundary": past.numpy(),
+    }
+    figures = counterfactual_figures(arrays)
+    assert figures.flipped_past_boundary == 1.0 and figures.flipped_points == 40
+    assert abs(figures.linearised_over_min_adversarial - 1.0) < 1e-12 and figures.ratio_points == 40
+    arrays["min_adversarial_norm"] = np.where(np.arange(40) < 10, np.nan, 2 * distance)  # 10 points unbroken
+    assert abs(counterfactual_figures(arrays).linearised_over_min_adversarial - 0.5) < 1e-12
+    assert counterfactual_figures(arrays).ratio_points == 30
+
+
+def test_the_step_is_undefined_where_the_gradient_vanishes():
+    from lipbench.explain.alignment import flipped_at
+
+    model = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+    x = torch.randn(4, 3)
+    result = flipped_at(model, x, torch.zeros(4, dtype=torch.long), model(x)[:, 0], torch.zeros(4, 3), 1.05)
+    assert torch.isnan(result).all()

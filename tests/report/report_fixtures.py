@@ -268,6 +268,17 @@ def _explain(key: RunKey, rng: np.random.Generator, constrained: bool) -> Explai
     )
 
 
+def _explain_arrays(path: Path, rng: np.random.Generator, constrained: bool, points: int = 16) -> None:
+    """The per-point arrays the report reads (:func:`lipbench.explain.figures.counterfactual_figures`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gradient_norm = np.full(points, 1.0 if constrained else 5.0)
+    margin = rng.uniform(0.1, 1.0, points)
+    adversarial = margin / gradient_norm * (rng.uniform(1.0, 1.2, points) if constrained else 3.0)
+    flipped = (rng.uniform(0, 1, points) < (0.95 if constrained else 0.5)).astype(float)
+    np.savez(path, margin=margin, gradient_norm=gradient_norm, min_adversarial_norm=adversarial,
+             counterfactual_flipped_past_boundary=flipped)  # fmt: skip
+
+
 def write_model(root: Path, data_dir: Path, dataset: str, model: str, seed: int = 0) -> dict:
     """Write one model's train summary and arrays; return its certify/attack/verify/explain summaries."""
     key = RunKey(dataset, model, seed)
@@ -283,6 +294,7 @@ def write_model(root: Path, data_dir: Path, dataset: str, model: str, seed: int 
     attack_arrays, attack = _attack(key, rng, x, certify_arrays)
     attack_arrays.save(layout.stage_arrays("attack", key))
     explain = _explain(key, rng, get_method(model).constrained)
+    _explain_arrays(layout.stage_arrays("explain", key), rng, get_method(model).constrained)
     return {"certify": certify, "attack": attack, "verify": _verify(key, upper), "explain": explain}
 
 
