@@ -345,7 +345,7 @@ def test_the_paper_grid_s_sbatch_scripts_carry_the_resources_and_the_dependency_
         assert all(need < int(submitted[job.name][0].job_id) for need in needs)  # what a job needs is submitted first
     train = plan.job("pipelines/paper/dvc.yaml:train@cifar10-hkr-0")
     assert train.needs == ("pipelines/paper/dvc.yaml:prepare@cifar10",)
-    models = ("adv", "lip1_log", "gnp_log", "gnp_hin", "hkr", "hkr_m2_12")
+    models = yaml.safe_load(params.read_text())["models"]  # the paper profile's, in its order
     assert plan.job("pipelines/paper/dvc.yaml:certify@cifar10").needs == (
         "pipelines/paper/dvc.yaml:prepare@cifar10",
         *(f"pipelines/paper/dvc.yaml:train@cifar10-{model}-0" for model in models),

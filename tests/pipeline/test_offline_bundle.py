@@ -199,7 +199,7 @@ def test_the_plan_of_the_real_pipelines_prepares_then_trains_then_evaluates_with
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     targets = ["pipelines/paper/dvc.yaml:verify@mnist", "pipelines/paper/dvc.yaml:certify@mnist"]
     plan = bundle.bundle_plan(tmp_path, targets, "abc123")
-    methods = ["adv", "lip1_log", "gnp_log", "gnp_hin", "hkr", "hkr_m2_12"]  # the paper profile's
+    methods = yaml.safe_load((REPO / "pipelines/paper/params.yaml").read_text())["models"]  # the paper profile's
     assert [job.kind for job in plan.jobs] == ["validate", "prepare"] + ["train"] * len(methods) + ["certify", "attack", "verify"]
     assert {job.name.split("@")[1] for job in plan.jobs if job.kind == "train"} == {f"mnist-{m}-0" for m in methods}
     assert all(
