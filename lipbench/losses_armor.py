@@ -19,6 +19,11 @@ checked against the authors' code (github.com/star-ailab/ARMOR, ``min_loss_KL_sy
 ``min_loss_fdiv_symmetric``): in particular the cost ``c_i`` sits *inside* ``f*_α``'s argument
 in the α variant, exactly as in the KL one (``f*_α((L_i − ν)/λ − c_i)``), which is what the
 dual gives and what the authors' code computes.
+
+λ by bisection (:func:`armor_kl_optimal_lambda`, KL only): for fixed ``x̃_i`` the KL batch
+objective ``g(λ) = ελ + λ log (1/N) Σ_i exp(L_i/λ − c_i)`` is convex in λ > 0 (the
+perspective of a log-sum-exp), so its minimiser over an interval is found by bisection on
+``g'``. ARMOR_D on top of TRADES uses :func:`per_sample_trades_kl` as its per-sample loss.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ __all__ = [
     "f_star_alpha",
     "armor_alpha_loss",
     "armor_alpha_weights",
+    "armor_kl_lambda_derivative",
+    "armor_kl_optimal_lambda",
+    "per_sample_trades_kl",
 ]
 
 
@@ -94,3 +102,90 @@ def armor_alpha_weights(losses: Tensor, costs: Tensor, lam: Tensor, nu: Tensor, 
     ``y_i <= 0`` get weight 0)."""
     y = (losses - nu) / lam - costs
     return torch.relu((alpha - 1) * y) ** (1 / (alpha - 1))
+
+
+def per_sample_trades_kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
+    """TRADES's regulariser per example (Zhang et al., ICML 2019, eq. 5): ``KL(p(x) ‖ p(x̃))``
+    with ``p = softmax`` of ``clean_logits`` (``f(x)``) and of ``logits`` (``f(x̃)``), shape
+    ``(N,)``. Single-logit binary models use the Bernoulli KL between ``sigmoid`` probabilities.
+    Computed in log space; clamped at 0 against rounding, so it is >= 0 and exactly 0 at x̃ = x."""
+    if clean_logits.ndim == 1 or clean_logits.shape[1] == 1:
+        clean, moved = clean_logits.reshape(-1), logits.reshape(-1)
+        p = torch.sigmoid(clean)
+        kl = p * (F.logsigmoid(clean) - F.logsigmoid(moved)) + (1 - p) * (F.logsigmoid(-clean) - F.logsigmoid(-moved))
+    else:
+        log_p, log_q = F.log_softmax(clean_logits, dim=1), F.log_softmax(logits, dim=1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return kl.clamp_min(0.0)
+
+
+def _winning_candidates(losses: Tensor, costs: Tensor, lam: Tensor, clean_losses: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per example, ``(L, c)`` of the candidate with the larger ``L/λ − c`` among ``x̃_i`` and,
+    when ``clean_losses`` is given, ``x_i`` itself (loss ``L⁰_i``, cost 0)."""
+    if clean_losses is None:
+        return losses, costs
+    adversarial = losses / lam - costs >= clean_losses / lam
+    return torch.where(adversarial, losses, clean_losses), torch.where(adversarial, costs, torch.zeros_like(costs))
+
+
+def armor_kl_lambda_derivative(
+    losses: Tensor, costs: Tensor, lam: Tensor, radius: float, clean_losses: Tensor | None = None
+) -> Tensor:
+    """``g'(λ) = ε + log (1/N) Σ_i exp(z_i) − Σ_i softmax(z)_i L_i/λ`` with ``z_i = L_i/λ − c_i``:
+    the derivative of :func:`armor_kl_loss` in λ at fixed ``L``, ``c`` (logsumexp, softmax);
+    with ``clean_losses``, each example's better candidate (:func:`armor_kl_optimal_lambda`)."""
+    losses, costs = _winning_candidates(losses, costs, lam, clean_losses)
+    scores = losses / lam - costs
+    weights = torch.softmax(scores, dim=0)
+    return radius + torch.logsumexp(scores, dim=0) - math.log(len(losses)) - (weights * losses).sum() / lam
+
+
+@torch.no_grad()
+def armor_kl_optimal_lambda(
+    losses: Tensor,
+    costs: Tensor,
+    radius: float,
+    low: float = 1e-3,
+    high: float = 1e3,
+    iterations: int = 40,
+    clean_losses: Tensor | None = None,
+) -> Tensor:
+    """``λ* = argmin_{λ ∈ [low, high]} g(λ)``, ``g(λ) = ελ + λ log (1/N) Σ_i exp(L_i/λ − c_i)``:
+    the KL variant's dual (module docstring) minimised over λ for this batch's fixed ``L_i``
+    and ``c_i``. A 0-d tensor without gradient, in the losses' dtype (at least float32).
+
+    ``g`` is convex: ``λ ↦ λ LSE(L/λ − c)`` is the perspective of the convex log-sum-exp, plus
+    the linear ``ελ``. So ``g'`` (:func:`armor_kl_lambda_derivative`) is non-decreasing, and
+    ``iterations`` bisection steps in ``log λ`` on its sign bracket the minimiser (40 steps
+    shrink ``[1e-3, 1e3]`` to a relative width ~1e-11). When ``g'`` does not change sign on
+    the interval (``g'(low) >= 0`` or ``g'(high) <= 0``) the minimum is at an end, and the end
+    where ``g`` is smaller is returned, exactly.
+
+    ``clean_losses`` (``L⁰_i``, the loss at ``x_i``): the dual's inner ``sup_x̃ {L(x̃)/λ − c}``
+    is taken over the two candidates ``{x̃_i, x_i}``, ``z_i = max(L_i/λ − c_i, L⁰_i/λ)``. ``x̃_i``
+    was found with the previous λ; at a larger λ its cost can outweigh its loss, and with
+    ``x̃_i`` alone ``g`` may then fall without end (``g'(∞) = ε + log mean exp(−c) < 0``),
+    sending λ* to ``high``. With ``x_i`` among the candidates ``z_i >= L⁰_i/λ``, so ``g'(∞) =
+    ε > 0`` and the minimiser is finite. ``g`` stays convex: LSE is monotone, so ``g`` is the
+    maximum over candidate choices of convex functions.
+
+    Envelope theorem: ``min_λ g(λ; θ)`` has the gradient w.r.t. the network θ of ``g(λ; θ)``
+    at fixed ``λ = λ*``, so the caller uses λ* detached in :func:`armor_kl_loss`. No host
+    synchronisation: the bisection runs on tensors (``torch.where``).
+    """
+    if len(losses) == 0 or not 0 < low < high:
+        raise ValueError(f"armor_kl_optimal_lambda: needs losses and 0 < low < high, got {len(losses)}, {low}, {high}")
+    dtype = torch.promote_types(losses.dtype, torch.float32)
+    losses, costs = losses.detach().to(dtype), costs.detach().to(dtype)
+    clean = None if clean_losses is None else clean_losses.detach().to(dtype)
+    ends = torch.tensor([low, high], dtype=dtype, device=losses.device)
+    log_low, log_high = ends.log().unbind()
+    for _ in range(iterations):
+        middle = (log_low + log_high) / 2
+        rising = armor_kl_lambda_derivative(losses, costs, middle.exp(), radius, clean) > 0
+        log_low, log_high = torch.where(rising, log_low, middle), torch.where(rising, middle, log_high)
+    interior = ((log_low + log_high) / 2).exp()
+    slope_low, slope_high = (armor_kl_lambda_derivative(losses, costs, end, radius, clean) for end in ends)
+    value_low, value_high = (armor_kl_loss(*_winning_candidates(losses, costs, end, clean), end, radius) for end in ends)
+    boundary = torch.where(value_low <= value_high, ends[0], ends[1])
+    return torch.where((slope_low >= 0) | (slope_high <= 0), boundary, interior)

@@ -1,21 +1,26 @@
 """ARMOR_D (armor_kl, armor_alpha): the outer losses' re-weighting, the OT inner
-maximisation, parameter checks, and a real training whose λ, ν learn and resume."""
+maximisation, λ by bisection, parameter checks, and a real training whose λ, ν learn and
+resume (and one with λ by bisection)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import lipbench.methods.armor as armor_module
 import lipbench.train.loop as loop
 from lipbench.data import load_dataset, prepare_dataset, take_tensors
 from lipbench.losses_armor import (
     armor_alpha_loss,
     armor_alpha_weights,
+    armor_kl_lambda_derivative,
     armor_kl_loss,
+    armor_kl_optimal_lambda,
     armor_kl_weights,
     f_star_alpha,
     per_sample_cross_entropy,
@@ -102,6 +107,107 @@ def test_the_armor_loss_module_uses_the_batch_costs_once_and_mixes_the_clean_ter
         loss(outputs, labels)
 
 
+def _interior_batch(seed: int, size: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses and costs small beside the radius 0.05: g' < 0 near 1e-3 and > 0 near 1e3."""
+    generator = torch.Generator().manual_seed(seed)
+    losses = torch.rand(size, generator=generator, dtype=torch.float64) * 3
+    return losses, torch.rand(size, generator=generator, dtype=torch.float64) * 0.01
+
+
+def _grid_minimum(losses, costs, radius):
+    grid = torch.logspace(-3, 3, 200_001, dtype=torch.float64)
+    values = radius * grid + grid * (torch.logsumexp(losses / grid[:, None] - costs, dim=1) - math.log(len(losses)))
+    return grid, values
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bisection_lambda_is_the_minimiser_of_the_kl_dual_found_by_a_dense_grid(seed):
+    losses, costs = _interior_batch(seed)
+    lam = armor_kl_optimal_lambda(losses, costs, radius=0.05)
+    assert lam.dtype == torch.float64 and not lam.requires_grad
+    grid, values = _grid_minimum(losses, costs, 0.05)
+    best = grid[values.argmin()]
+    assert 1e-3 < float(best) < 1e3  # an interior minimum
+    assert float(lam) == pytest.approx(float(best), rel=1e-3)
+    assert float(armor_kl_loss(losses, costs, lam, 0.05)) <= float(values.min()) + 1e-12
+    # g'(λ*) = 0 at an interior minimum.
+    assert abs(float(armor_kl_lambda_derivative(losses, costs, lam, 0.05))) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "radius, cost_scale, end",
+    [(10.0, 0.0, 1e-3), (1e-4, 1.0, 1e3)],  # g' > 0 throughout: low; g' < 0 throughout (large costs): high
+)
+def test_bisection_lambda_without_a_sign_change_is_the_end_where_the_dual_is_smaller(radius, cost_scale, end):
+    losses, costs = _interior_batch(5)
+    costs = costs * 100 * cost_scale
+    ends = torch.tensor([1e-3, 1e3], dtype=torch.float64)
+    slopes = [float(armor_kl_lambda_derivative(losses, costs, e, radius)) for e in ends]
+    assert slopes[0] * slopes[1] > 0  # no sign change on [low, high]
+    assert float(armor_kl_optimal_lambda(losses, costs, radius)) == end
+    _, values = _grid_minimum(losses, costs, radius)
+    assert float(armor_kl_loss(losses, costs, torch.tensor(end, dtype=torch.float64), radius)) <= float(values.min()) + 1e-9
+
+
+def test_bisection_with_the_clean_candidate_stays_finite_where_costs_outweigh_the_losses():
+    # Costs so large that with x̃ alone g falls to the end of the interval (g'(high) < 0): the clean
+    # candidate x_i (loss L⁰_i, cost 0) bounds z_i below by L⁰_i/λ, so g'(∞) = ε > 0 and λ* is interior.
+    losses, costs = _interior_batch(5)
+    costs = costs * 100
+    clean = losses.detach() * 0.5
+    radius = 0.05
+    assert float(armor_kl_lambda_derivative(losses, costs, torch.tensor(1e3, dtype=torch.float64), radius)) < 0
+    assert float(armor_kl_optimal_lambda(losses, costs, radius)) == 1e3
+    lam = armor_kl_optimal_lambda(losses, costs, radius, clean_losses=clean)
+    assert 1e-3 < float(lam) < 1e3
+    # g is convex with kinks where a candidate takes over: 0 lies between its one-sided slopes at λ*.
+    slopes = [float(armor_kl_lambda_derivative(losses, costs, lam * f, radius, clean)) for f in (1 - 1e-6, 1 + 1e-6)]
+    assert slopes[0] <= 1e-9 and slopes[1] >= -1e-9
+    # The minimiser of g over the candidates {x̃_i, x_i}, by a dense grid.
+    grid = torch.logspace(-3, 3, 20001, dtype=torch.float64)
+    values = torch.stack(
+        [
+            armor_kl_loss(torch.where(adv, losses.detach(), clean), torch.where(adv, costs, 0.0), g, radius)
+            for g in grid
+            for adv in [losses.detach() / g - costs >= clean / g]
+        ]
+    )
+    assert float(lam) == pytest.approx(float(grid[values.argmin()]), rel=1e-3)
+
+
+def test_the_bisection_loss_uses_lambda_star_detached_and_keeps_it_for_the_next_batch(monkeypatch):
+    loss = ArmorLoss("kl", radius=0.05, lambda_init=2.0, clean_weight=0.0, lambda_bisection=True)
+    assert list(loss.parameters()) == [] and set(loss.state_dict()) == {"last_lambda"}
+    assert float(loss.lam) == 2.0  # the first batch's inner maximisation uses lambda_init
+    captured = []
+
+    def capture(outputs, labels):  # the per-sample losses, their gradient kept
+        value = per_sample_cross_entropy(outputs, labels)
+        value.retain_grad()
+        captured.append(value)
+        return value
+
+    monkeypatch.setattr(armor_module, "per_sample_cross_entropy", capture)
+    seen = []
+    for seed in (0, 1):
+        generator = torch.Generator().manual_seed(seed)
+        outputs = (3 * torch.randn(16, 10, generator=generator, dtype=torch.float64)).requires_grad_(True)
+        labels, costs = torch.arange(16) % 10, torch.rand(16, generator=generator, dtype=torch.float64) * 0.01
+        loss.set_batch(costs, None)
+        value = loss(outputs, labels)
+        losses = captured[-1].detach()
+        lam = armor_kl_optimal_lambda(losses, costs, 0.05)
+        torch.testing.assert_close(value, armor_kl_loss(losses, costs, lam, 0.05))
+        value.backward()
+        torch.testing.assert_close(captured[-1].grad, torch.softmax(losses / lam - costs, dim=0))
+        assert torch.equal(loss.lam, lam) and not loss.lam.requires_grad
+        seen.append(float(loss.lam))
+    assert seen[0] != pytest.approx(seen[1], rel=1e-3) and all(1e-3 < lam < 1e3 for lam in seen)
+    restored = ArmorLoss("kl", radius=0.05, lambda_init=2.0, clean_weight=0.0, lambda_bisection=True)
+    restored.load_state_dict(loss.state_dict())
+    assert float(restored.lam) == pytest.approx(seen[1], rel=1e-6)  # into the float32 buffer
+
+
 def _objective(model, x, x_moved, y, lam, weight, power):
     with torch.no_grad():
         return per_sample_cross_entropy(model(x_moved), y) / lam - transport_cost(x, x_moved, weight, power)
@@ -144,6 +250,9 @@ def test_inner_maximisation_stops_where_the_cost_outweighs_the_loss():
         ("armor_kl", {"clean_weight": 1.5}, r"clean_weight must be >= 0 and <= 1, got 1.5"),
         ("armor_kl", {"steps": 2.5}, r"steps must be an integer"),
         ("armor_kl", {"alpha": 2.0}, r"does not take alpha"),
+        ("armor_kl", {"lambda_bisection": 1}, r"'armor_kl': parameter lambda_bisection must be true or false, got 1"),
+        ("armor_kl", {"lambda_bisection": "yes"}, r"lambda_bisection must be true or false, got 'yes'"),
+        ("armor_alpha", {"lambda_bisection": True}, r"'armor_alpha': parameter lambda_bisection must be false for the α"),
     ],
 )
 def test_out_of_range_parameters_are_refused_naming_the_key_and_the_range(method, params, message):
@@ -158,23 +267,22 @@ def prepared_digits(tmp_path_factory) -> Path:
     return folder / "data"
 
 
-def _digits_profile(folder: Path, data: Path) -> Path:
+def _digits_profile(folder: Path, data: Path, methods: dict[str, dict] | None = None) -> Path:
+    """The tiny digits profile; ``methods``: method -> its parameters (default: armor_kl and
+    armor_alpha with 2 inner steps)."""
+    methods = methods or {"armor_kl": {"steps": 2}, "armor_alpha": {"steps": 2}}
     params = {
         "profile": "tiny",
         "root": ".",
         "params_file": "params.yaml",
         "paths": {name: str(folder / name) for name in ("models", "evaluation", "metrics", "reports")} | {"data": str(data)},
         "datasets": ["digits"],
-        "models": ["armor_kl", "armor_alpha"],
+        "models": list(methods),
         "seeds": [0],
         "prepare": {"mirror": "", "digits": {"seed": 0, "test_fraction": 0.25}},
         "train": {
             "device": "cpu",
-            "digits": {
-                "recipe": {"epochs": 2, "batch_size": 256, "learning_rate": 0.01},
-                "armor_kl": {"steps": 2},
-                "armor_alpha": {"steps": 2},
-            },
+            "digits": {"recipe": {"epochs": 2, "batch_size": 256, "learning_rate": 0.01}, **methods},
         },
     }
     path = folder / "params.yaml"
@@ -219,3 +327,16 @@ def test_training_learns_lambda_and_nu_exports_and_resumes_to_the_uninterrupted_
     resumed = torch.load(tmp_path / "cut/checkpoint.pt", weights_only=True)["loss"]
     assert all(torch.equal(resumed[name], state[name]) for name in state)
     assert (tmp_path / "cut/weights.safetensors").read_bytes() == (tmp_path / "whole/weights.safetensors").read_bytes()
+
+
+def test_training_with_lambda_by_bisection_runs_without_learned_loss_variables(tmp_path, prepared_digits):
+    params = {"steps": 2, "lambda_bisection": True}
+    profile = load_profile(_digits_profile(tmp_path, prepared_digits, {"armor_kl": params}))
+    run_training(profile, RunKey("digits", "armor_kl", 0), tmp_path / "run", tmp_path / "run-metrics", progress=False)
+    method = get_method("armor_kl")
+    assert list(method.loss_function(False, method.resolve_params(params)).parameters()) == []
+    assert "loss" not in torch.load(tmp_path / "run/checkpoint.pt", weights_only=True)  # nothing learned to resume
+    model, _ = load_weights(tmp_path / "run/weights.safetensors")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    metrics = json.loads((tmp_path / "run-metrics/metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.3

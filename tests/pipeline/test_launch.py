@@ -332,7 +332,11 @@ def test_the_paper_grid_s_sbatch_scripts_carry_the_resources_and_the_dependency_
     options = pipeline_options(tmp_path, plan, {"time": "2-00:00:00", "partition": None})
     submitted = submit_plan(plan, tmp_path, tmp_path / "launch", options, {})
     calls = {call["id"]: call["script"] for call in sbatch_calls(fake_slurm)}
-    assert len(calls) == len(plan) == 122  # validate, 5 prepare, 5 x 19 train, 5 x (3 evaluations + explain), report
+    profile = yaml.safe_load(params.read_text())
+    datasets, models = len(profile["datasets"]), len(profile["models"])
+    # validate, a prepare per dataset, a train per (dataset, model), 3 evaluations + explain per dataset, report
+    assert len(calls) == len(plan) == 1 + datasets + datasets * models + datasets * 4 + 1
+    assert datasets == 5 and models >= 19
     for job in plan.jobs:
         script = calls[int(submitted[job.name][0].job_id)]
         for line in ("--partition=gpu", "--time=2880", "--cpus-per-task=8", "--mem=32768M", "--mail-type=END",
