@@ -4,7 +4,8 @@ implementation where we wrote ours (AOL, SLL; issue 16's target: ours <= 1.0x).
 
 Usage: ``python benchmarks/families_speed.py [--channels 32] [--size 16] [--batch-size 64]
 [--repeats 5] [--out families_speed.json]``. Prints, per family, ms per train step,
-images/s and the ratio to the unconstrained twin, all measured in this one run.
+images/s and the ratio to the unconstrained twin, all measured in this one run (the variants of a
+family take turns step by step, so a slow spell of the machine hits them alike).
 """
 
 from __future__ import annotations
@@ -53,18 +54,21 @@ def orthogonium_counterpart(name: str, channels: int) -> nn.Sequential | None:
     return nn.Sequential(convs[0], GroupSort2(), convs[1])
 
 
-def train_step_seconds(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median wall time of one forward + backward + SGD step (after one warm-up step)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    times = []
+def train_step_seconds(models: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median wall time of one forward + backward + SGD step of each model (after one warm-up step
+    each). The models take turns step by step (round robin), so a slow spell of the machine hits
+    every variant alike and their ratios stay fair."""
+    optimizers = {name: torch.optim.SGD(model.parameters(), lr=1e-3) for name, model in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
     for index in range(repeats + 1):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
-        optimizer.step()
-        if index:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for name, model in models.items():
+            start = time.perf_counter()
+            optimizers[name].zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            optimizers[name].step()
+            if index:
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 
 def saved_for_backward_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -93,18 +97,18 @@ def measure(channels: int, size: int, batch_size: int, repeats: int) -> dict:
         if get_family(name).conv is None:
             continue
         model = family_model(name, channels, size).train()
-        row = {"constrained_s": train_step_seconds(model, x, repeats)}
-        row["twin_s"] = train_step_seconds(unconstrained_twin(model).train(), x, repeats)
-        row["saved_mb"] = saved_for_backward_bytes(model, x) / 2**20
-        row["twin_saved_mb"] = saved_for_backward_bytes(unconstrained_twin(model).train(), x) / 2**20
-        raw = raw_orthogonium(model)
+        variants = {"constrained": model, "twin": unconstrained_twin(model).train()}
+        raw, theirs = raw_orthogonium(model), orthogonium_counterpart(name, channels)
         if raw is not None:
-            row["orthogonium_raw_s"] = train_step_seconds(raw, x, repeats)
-            row["ratio_over_orthogonium_raw"] = row["constrained_s"] / row["orthogonium_raw_s"]
-        theirs = orthogonium_counterpart(name, channels)
+            variants["orthogonium_raw"] = raw
         if theirs is not None:  # ours against orthogonium's implementation of the same layer
-            row["orthogonium_s"] = train_step_seconds(theirs.train(), x, repeats)
-            row["ratio_over_orthogonium"] = row["constrained_s"] / row["orthogonium_s"]
+            variants["orthogonium"] = theirs.train()
+        row = {f"{variant}_s": seconds for variant, seconds in train_step_seconds(variants, x, repeats).items()}
+        row["saved_mb"] = saved_for_backward_bytes(model, x) / 2**20
+        row["twin_saved_mb"] = saved_for_backward_bytes(variants["twin"], x) / 2**20
+        for variant in ("orthogonium_raw", "orthogonium"):
+            if variant in variants:
+                row[f"ratio_over_{variant}"] = row["constrained_s"] / row[f"{variant}_s"]
         row["ratio_over_twin"] = row["constrained_s"] / row["twin_s"]
         row["images_per_second"] = batch_size / row["constrained_s"]
         results[name] = row

@@ -38,3 +38,20 @@ def test_saved_for_backward_bytes_counts_each_kept_tensor_once() -> None:
     x = torch.randn(4, 10)
     # y = x W^T keeps x (4 x 10 floats); square keeps y (4 x 3); mean keeps nothing
     assert module.saved_for_backward_bytes(linear, x) == 4 * (4 * 10 + 4 * 3)
+
+
+def test_train_step_seconds_lets_the_variants_take_turns_step_by_step() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("families_speed", ROOT / "benchmarks/families_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    order: list[str] = []
+    models = {name: torch.nn.Linear(3, 2) for name in ("a", "b", "c")}
+    for name, model in models.items():
+        model.register_forward_hook(lambda *_, name=name: order.append(name))
+    seconds = module.train_step_seconds(models, torch.randn(4, 3), repeats=3)
+    assert order == ["a", "b", "c"] * 4  # one warm-up round, then 3 timed rounds, round robin
+    assert set(seconds) == {"a", "b", "c"} and all(value > 0 for value in seconds.values())
