@@ -168,7 +168,7 @@ class ArmorLoss(nn.Module):
     @property
     def lam(self) -> Tensor:
         """λ = softplus(raw_lambda) > 0; with bisection, the last batch's λ* (no gradient)."""
-        return self.last_lambda if self.raw_lambda is None else F.softplus(self.raw_lambda)
+        return self.last_lambda if self.lambda_bisection else F.softplus(self.raw_lambda)
 
     def set_batch(self, costs: Tensor, clean: Tensor | None) -> None:
         """The next call's transport costs ``c_i`` (no gradient) and clean quantities, with
@@ -201,7 +201,7 @@ class ArmorLoss(nn.Module):
         """The per-sample loss at ``x`` itself, the second candidate of the bisection's inner
         sup (:func:`armor_kl_optimal_lambda`): 0 for TRADES (KL(p(x) ‖ p(x)) = 0), the clean
         cross-entropy otherwise (None when not computed: bisection off)."""
-        if self.raw_lambda is not None:
+        if not self.lambda_bisection:
             return None
         if self.base == "trades":
             return torch.zeros_like(losses)
@@ -212,10 +212,9 @@ class ArmorLoss(nn.Module):
         over the candidates ``{x̃_i, x_i}``)."""
         if self.nu is not None:
             return armor_alpha_loss(losses, costs, self.lam, self.nu, self.radius, self.alpha)
-        if self.raw_lambda is None:
-            self.last_lambda = armor_kl_optimal_lambda(losses.detach(), costs, self.radius, clean_losses=clean_candidate).to(
-                losses.dtype
-            )
+        if self.lambda_bisection:
+            lam = armor_kl_optimal_lambda(losses, costs, self.radius, clean_losses=clean_candidate)
+            self.last_lambda = lam.to(losses.dtype)
         return armor_kl_loss(losses, costs, self.lam, self.radius)
 
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 import lipbench.methods.armor as armor_module
 import lipbench.train.loop as loop
-from lipbench.data import load_dataset, prepare_dataset, take_tensors
+from lipbench.data import load_dataset, take_tensors
 from lipbench.losses_armor import (
     armor_alpha_loss,
     armor_alpha_weights,
@@ -114,9 +112,13 @@ def _interior_batch(seed: int, size: int = 12) -> tuple[torch.Tensor, torch.Tens
     return losses, torch.rand(size, generator=generator, dtype=torch.float64) * 0.01
 
 
-def _grid_minimum(losses, costs, radius):
-    grid = torch.logspace(-3, 3, 200_001, dtype=torch.float64)
-    values = radius * grid + grid * (torch.logsumexp(losses / grid[:, None] - costs, dim=1) - math.log(len(losses)))
+def _grid_minimum(losses, costs, radius, clean=None, points=200_001):
+    """g on a log grid of λ; with ``clean``, each example's better candidate of {x̃_i, x_i}."""
+    grid = torch.logspace(-3, 3, points, dtype=torch.float64)
+    scores = losses.detach() / grid[:, None] - costs
+    if clean is not None:
+        scores = torch.maximum(scores, clean / grid[:, None])
+    values = radius * grid + grid * (torch.logsumexp(scores, dim=1) - math.log(len(losses)))
     return grid, values
 
 
@@ -164,14 +166,7 @@ def test_bisection_with_the_clean_candidate_stays_finite_where_costs_outweigh_th
     slopes = [float(armor_kl_lambda_derivative(losses, costs, lam * f, radius, clean)) for f in (1 - 1e-6, 1 + 1e-6)]
     assert slopes[0] <= 1e-9 and slopes[1] >= -1e-9
     # The minimiser of g over the candidates {x̃_i, x_i}, by a dense grid.
-    grid = torch.logspace(-3, 3, 20001, dtype=torch.float64)
-    values = torch.stack(
-        [
-            armor_kl_loss(torch.where(adv, losses.detach(), clean), torch.where(adv, costs, 0.0), g, radius)
-            for g in grid
-            for adv in [losses.detach() / g - costs >= clean / g]
-        ]
-    )
+    grid, values = _grid_minimum(losses, costs, radius, clean, points=20001)
     assert float(lam) == pytest.approx(float(grid[values.argmin()]), rel=1e-3)
 
 
@@ -260,41 +255,15 @@ def test_out_of_range_parameters_are_refused_naming_the_key_and_the_range(method
         get_method(method).resolve_params(params)
 
 
-@pytest.fixture(scope="module")
-def prepared_digits(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("digits")
-    prepare_dataset("digits", folder / "data", {"seed": 0, "test_fraction": 0.25})
-    return folder / "data"
-
-
-def _digits_profile(folder: Path, data: Path, methods: dict[str, dict] | None = None) -> Path:
-    """The tiny digits profile; ``methods``: method -> its parameters (default: armor_kl and
-    armor_alpha with 2 inner steps)."""
-    methods = methods or {"armor_kl": {"steps": 2}, "armor_alpha": {"steps": 2}}
-    params = {
-        "profile": "tiny",
-        "root": ".",
-        "params_file": "params.yaml",
-        "paths": {name: str(folder / name) for name in ("models", "evaluation", "metrics", "reports")} | {"data": str(data)},
-        "datasets": ["digits"],
-        "models": list(methods),
-        "seeds": [0],
-        "prepare": {"mirror": "", "digits": {"seed": 0, "test_fraction": 0.25}},
-        "train": {
-            "device": "cpu",
-            "digits": {"recipe": {"epochs": 2, "batch_size": 256, "learning_rate": 0.01}, **methods},
-        },
-    }
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+#: armor_kl and armor_alpha with 2 inner steps: the methods of the training tests.
+ARMOR_METHODS = {"armor_kl": {"steps": 2}, "armor_alpha": {"steps": 2}}
 
 
 @pytest.mark.parametrize("method", ["armor_kl", "armor_alpha"])
 def test_training_learns_lambda_and_nu_exports_and_resumes_to_the_uninterrupted_run(
-    method, tmp_path, prepared_digits, monkeypatch
+    method, tmp_path, prepared_digits, digits_profile, monkeypatch
 ):
-    profile = load_profile(_digits_profile(tmp_path, prepared_digits))
+    profile = load_profile(digits_profile(tmp_path, prepared_digits, ARMOR_METHODS))
     key = RunKey("digits", method, 0)
     run_training(profile, key, tmp_path / "whole", tmp_path / "whole-metrics", progress=False)
     state = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=True)["loss"]
@@ -329,9 +298,9 @@ def test_training_learns_lambda_and_nu_exports_and_resumes_to_the_uninterrupted_
     assert (tmp_path / "cut/weights.safetensors").read_bytes() == (tmp_path / "whole/weights.safetensors").read_bytes()
 
 
-def test_training_with_lambda_by_bisection_runs_without_learned_loss_variables(tmp_path, prepared_digits):
+def test_training_with_lambda_by_bisection_runs_without_learned_loss_variables(tmp_path, prepared_digits, digits_profile):
     params = {"steps": 2, "lambda_bisection": True}
-    profile = load_profile(_digits_profile(tmp_path, prepared_digits, {"armor_kl": params}))
+    profile = load_profile(digits_profile(tmp_path, prepared_digits, {"armor_kl": params}))
     run_training(profile, RunKey("digits", "armor_kl", 0), tmp_path / "run", tmp_path / "run-metrics", progress=False)
     method = get_method("armor_kl")
     assert list(method.loss_function(False, method.resolve_params(params)).parameters()) == []

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 import lipbench.methods.armor as armor_module
-from lipbench.data import prepare_dataset
 from lipbench.losses_armor import (
     armor_alpha_loss,
     armor_kl_optimal_lambda,
@@ -165,33 +162,6 @@ def test_trades_defaults():
     assert get_method("armor_kl_trades").paper_name == "TRADES-ARMOR_KL"
 
 
-@pytest.fixture(scope="module")
-def prepared_digits(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("digits")
-    prepare_dataset("digits", folder / "data", {"seed": 0, "test_fraction": 0.25})
-    return folder / "data"
-
-
-def _digits_profile(folder: Path, data: Path, method: str, params: dict) -> Path:
-    profile = {
-        "profile": "tiny",
-        "root": ".",
-        "params_file": "params.yaml",
-        "paths": {name: str(folder / name) for name in ("models", "evaluation", "metrics", "reports")} | {"data": str(data)},
-        "datasets": ["digits"],
-        "models": [method],
-        "seeds": [0],
-        "prepare": {"mirror": "", "digits": {"seed": 0, "test_fraction": 0.25}},
-        "train": {
-            "device": "cpu",
-            "digits": {"recipe": {"epochs": 2, "batch_size": 256, "learning_rate": 0.01}, method: params},
-        },
-    }
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(profile, sort_keys=False))
-    return path
-
-
 @pytest.mark.parametrize(
     "method, params",
     [
@@ -199,8 +169,8 @@ def _digits_profile(folder: Path, data: Path, method: str, params: dict) -> Path
         ("armor_alpha_trades", {"steps": 2}),
     ],
 )
-def test_a_short_trades_training_runs_and_writes_its_weights(method, params, tmp_path, prepared_digits):
-    profile = load_profile(_digits_profile(tmp_path, prepared_digits, method, params))
+def test_a_short_trades_training_runs_and_writes_its_weights(method, params, tmp_path, prepared_digits, digits_profile):
+    profile = load_profile(digits_profile(tmp_path, prepared_digits, {method: params}))
     run_training(profile, RunKey("digits", method, 0), tmp_path / "run", tmp_path / "run-metrics", progress=False)
     model, _ = load_weights(tmp_path / "run/weights.safetensors")
     assert sum(p.numel() for p in model.parameters()) > 0
