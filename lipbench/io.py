@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,3 +61,19 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def copy_file_atomic(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy ``source`` onto ``target`` (a temporary copy beside it, then renamed)."""
+    with atomic_path(target) as temporary:
+        shutil.copyfile(source, temporary)
+
+
+def replace_folder(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Replace the folder ``target`` by a copy of ``source`` (copied beside it, then renamed)."""
+    source, target = Path(source), Path(target)
+    staging = target.with_name(f".{target.name}.copy")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)

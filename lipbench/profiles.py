@@ -95,6 +95,14 @@ class Profile:
             raise ProfileError(f"{self.path}: train.device must be auto, cpu, cuda or cuda:N, got {value!r}")
         return str(value)
 
+    def train_workers(self) -> int:
+        """``train.workers``: models trained at a time by the train stage (parallel processes;
+        on CPU one torch thread each, so a model's bytes do not depend on the core count)."""
+        value = self.section("train").get("workers", 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ProfileError(f"{self.path}: train.workers must be a whole number >= 1, got {value!r}")
+        return value
+
 
 def load_profile(path: str | Path) -> Profile:
     """Read and check the top-level structure of a profile's params file."""

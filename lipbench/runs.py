@@ -41,10 +41,12 @@ PATH_TEMPLATES: Mapping[str, str] = {
     "prepared": "{data}/prepared/{dataset}",
     "model_dir": "{models}/{dataset}/{model}/seed{seed}",
     "weights": "{models}/{dataset}/{model}/seed{seed}/weights.safetensors",
-    "checkpoint": "{models}/{dataset}/{model}/seed{seed}/checkpoint.pt",
+    "models_dataset_dir": "{models}/{dataset}",
+    "checkpoint": "{models}/checkpoints/{dataset}/{model}/seed{seed}/checkpoint.pt",
     "train_metrics_dir": "{metrics}/train/{dataset}/{model}/seed{seed}",
     "train_summary": "{metrics}/train/{dataset}/{model}/seed{seed}/metrics.json",
-    "train_history": "{metrics}/train/{dataset}/{model}/seed{seed}/history.json",
+    "train_history_dataset_dir": "{metrics}/train_history/{dataset}",
+    "train_history": "{metrics}/train_history/{dataset}/{model}/seed{seed}/history.json",
     "stage_dataset_dir": "{evaluation}/{stage}/{dataset}",
     "stage_dir": "{evaluation}/{stage}/{dataset}/{model}/seed{seed}",
     "reuse_dir": "{evaluation}/reuse/{stage}/{dataset}/{model}/seed{seed}",
@@ -105,8 +107,12 @@ class Layout:
     def prepared(self, dataset: str) -> Path:
         return self.render("prepared", dataset=dataset)
 
+    def models_dataset_dir(self, dataset: str) -> Path:
+        """The train stage's DVC output folder for a dataset (one sub-folder per model)."""
+        return self.render("models_dataset_dir", dataset=dataset)
+
     def model_dir(self, key: RunKey) -> Path:
-        """``lipbench train --out``: weights and checkpoint."""
+        """``lipbench train --out``: the weights (DVC-cached, byte-deterministic)."""
         return self._run("model_dir", key)
 
     def weights(self, key: RunKey) -> Path:
@@ -115,17 +121,23 @@ class Layout:
         return self._run("weights", key)
 
     def checkpoint(self, key: RunKey) -> Path:
+        """The epoch checkpoint (resume state), outside the train stage's DVC output: its bytes
+        differ between identical runs and DVC removes the output folder before a rerun."""
         return self._run("checkpoint", key)
 
     def train_metrics_dir(self, key: RunKey) -> Path:
-        """``lipbench train --metrics``: the train summary and the per-epoch history."""
+        """``lipbench train --metrics``: the train summary (``metrics.json``)."""
         return self._run("train_metrics_dir", key)
 
     def train_summary(self, key: RunKey) -> Path:
         return self._run("train_summary", key)
 
     def train_history(self, key: RunKey) -> Path:
+        """Per-epoch rows (``dvc plots``), apart from the train summaries: DVC plots a folder."""
         return self._run("train_history", key)
+
+    def train_history_dataset_dir(self, dataset: str) -> Path:
+        return self.render("train_history_dataset_dir", dataset=dataset)
 
     def stage_dataset_dir(self, stage: str, dataset: str) -> Path:
         """A per-dataset evaluation stage's DVC output folder (one sub-folder per model)."""
@@ -138,8 +150,9 @@ class Layout:
         return self.render("stage_dir", stage=stage, dataset=key.dataset, model=key.model, seed=key.seed)
 
     def reuse_dir(self, stage: str, key: RunKey) -> Path:
-        """A copy of a model's last outputs of a stage, outside DVC's outputs (which DVC
-        removes before it reruns a stage): unchanged models are copied back, not recomputed."""
+        """A copy of a model's last outputs of a stage (``train`` included), outside DVC's
+        outputs (which DVC removes before it reruns a stage): unchanged models are copied
+        back, not recomputed."""
         return self.render("reuse_dir", stage=stage, dataset=key.dataset, model=key.model, seed=key.seed)
 
     def stage_arrays(self, stage: str, key: RunKey) -> Path:

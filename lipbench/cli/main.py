@@ -18,7 +18,7 @@ from lipbench import __version__
 _COMMANDS = {
     "validate": ("lipbench.cli.validate", "check a whole profile (every run and evaluation setting) before any stage"),
     "prepare": ("lipbench.cli.prepare", "fetch (or copy from the mirror), verify and prepare a dataset"),
-    "train": ("lipbench.cli.train", "train one (dataset, method, seed) of a profile"),
+    "train": ("lipbench.cli.train", "train every model of a dataset (reusing unchanged ones), or one with --model --seed"),
     "certify": ("lipbench.cli.evaluate_stage", "certified radii and certified accuracy of a dataset's models"),
     "attack": ("lipbench.cli.evaluate_stage", "attack a dataset's models (foolbox + AutoAttack, certificate pruning)"),
     "verify": ("lipbench.cli.evaluate_stage", "soundness gate: lower vs upper bound, no certificate beaten"),

@@ -24,7 +24,6 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -34,6 +33,7 @@ from lipbench.devices import resolve_device
 from lipbench.environment import environment_record, source_fingerprint
 from lipbench.evaluate.model_stages import STAGE_WORK, GivenModel
 from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
+from lipbench.io import replace_folder
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
 from lipbench.runs import EVALUATION_STAGES, Layout, RunKey, run_keys
@@ -95,15 +95,6 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _copy_folder(source: Path, target: Path) -> None:
-    """Replace ``target`` by a copy of ``source`` (copied beside it, then renamed)."""
-    staging = target.with_name(f".{target.name}.copy")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-
 def _reusable(layout: Layout, stage: str, key: RunKey, run_fingerprint: str) -> StageSummary | None:
     """The model's last summary when its inputs are unchanged (same fingerprint), with its
     outputs copied back into the stage's output folder; None otherwise."""
@@ -117,7 +108,7 @@ def _reusable(layout: Layout, stage: str, key: RunKey, run_fingerprint: str) -> 
         return None
     if summary.fingerprint != run_fingerprint:
         return None
-    _copy_folder(kept, layout.stage_dir(stage, key))
+    replace_folder(kept, layout.stage_dir(stage, key))
     return dataclasses.replace(summary, reused=True)
 
 
@@ -177,7 +168,7 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
     summaries |= _compute(profile, stage, pending, settings.workers, bar)
     bar.close()
     for key, _ in pending:
-        _copy_folder(layout.stage_dir(stage, key), layout.reuse_dir(stage, key))
+        replace_folder(layout.stage_dir(stage, key), layout.reuse_dir(stage, key))
     _remove_stale(layout, stage, dataset, keys)
     metrics = StageMetrics(
         profile=profile.name,

@@ -24,6 +24,8 @@ def validate_profile(profile: Profile) -> list[RunKey]:
     (RegistryError, ProfileError or ValueError naming the file, key and fix)."""
     for dataset in profile.datasets:
         get_dataset(dataset).validate_params(profile.prepare_params(dataset))
+    profile.device()
+    profile.train_workers()
     keys = run_keys(profile)
     for key in keys:
         config_from_profile(profile, key)

@@ -2,14 +2,16 @@
 air-gapped GPU host), then record the results here as if ``dvc repro`` had produced them.
 
 - :func:`make` (here, with DVC): the plan of the targets from DVC's stage graph (every stage
-  they need, the report left out: it runs here) and ``.carry/``: ``site/`` (the pure-Python
+  they need, the report left out: it runs here; train stages fanned out into a job per
+  model, as for ``lipbench launch``) and ``.carry/``: ``site/`` (the pure-Python
   packages lipbench and the runner need that a plain PyTorch install lacks, at the versions
   of requirements.lock), ``data/`` (a copy of the dataset mirror) and ``plan.json``.
 - :func:`run` (on the host; standard library and the carried submitit): the plan through
   the launcher's runner, ``jobs`` at a time; optionally stopped at a deadline and resumed
   later; the outputs, logs and records archived in one file (or parts of a given size).
 - :func:`import_outputs` (here): unpack, prepare the datasets again (deterministic: the
-  same bytes) and commit every stage that ran there; ``dvc repro`` then runs the report.
+  same bytes) and commit every stage that ran there (a train stage's parts need nothing:
+  their models are in the stage's output); ``dvc repro`` then runs the report.
 
 Every function takes the checkout's root; ``tools/offline_bundle.py`` is the command line.
 """
@@ -129,7 +131,7 @@ def make(root: Path, targets: Sequence[str], mirror: Path | None) -> Plan:
         shutil.copytree(mirror, carry / "data", ignore=shutil.ignore_patterns("README*", "SHA256SUMS"))
     plan.write(carry / "plan.json")
     size = sum(path.stat().st_size for path in carry.rglob("*") if path.is_file())
-    print(f"offline_bundle: {CARRY}/ holds {len(plan)} stages and {size / 2**20:.1f} MiB")
+    print(f"offline_bundle: {CARRY}/ holds {len(plan)} jobs and {size / 2**20:.1f} MiB")
     return plan
 
 
@@ -224,7 +226,7 @@ def run(
 
 class _ImportHooks:
     """Import: preparations run here (and are committed); every other stage ran on the host
-    and is only committed, after the stages it needs."""
+    and is only committed, after the stages it needs (a part: nothing to commit)."""
 
     def __init__(self, root: Path) -> None:
         from lipbench.launch.stages import DvcStages

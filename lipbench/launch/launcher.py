@@ -1,10 +1,11 @@
 """``lipbench launch``: bring DVC targets up to date with jobs run by submitit.
 
-The plan comes from DVC (:class:`~lipbench.launch.stages.DvcStages`); the local executor runs
-it ``--jobs`` at a time (:func:`~lipbench.launch.runner.run_local`), the Slurm executor
-submits it with ``afterok`` dependencies (:mod:`~lipbench.launch.slurm`) and waits. Every
-finished stage is committed as ``dvc repro`` would, so rerunning ``launch`` (or ``dvc
-repro``) runs only what is missing. Records and logs go to ``.launch/<time>/``.
+The plan comes from DVC (:class:`~lipbench.launch.stages.DvcStages`), each train stage fanned
+out into a job per model before it (its parts); the local executor runs it ``--jobs`` at a
+time (:func:`~lipbench.launch.runner.run_local`), the Slurm executor submits it with
+``afterok`` dependencies (:mod:`~lipbench.launch.slurm`) and waits. Every finished stage is
+committed as ``dvc repro`` would, so rerunning ``launch`` (or ``dvc repro``) runs only what
+is missing. Records and logs go to ``.launch/<time>/``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lipbench.io import write_json_atomic
-from lipbench.launch.plan import LaunchError, Plan
+from lipbench.launch.plan import Job, LaunchError, Plan
 from lipbench.launch.runner import DONE_STATES, JobRecord, local_environment, log_tail, run_local
 from lipbench.launch.slurm import SlurmOptions, slurm_options, submit_plan, wait_for_jobs
 
@@ -89,7 +90,8 @@ def job_environment(executor: str, jobs: int) -> tuple[dict[str, str], tuple[str
 
 def _settle_leading(stages: Any, plan: Plan) -> tuple[Plan, list[JobRecord]]:
     """Before a Slurm submission: the jobs whose inputs are final already get DVC's checks
-    (up to date, run-cache), as ``dvc repro`` would; those settled are not submitted."""
+    (up to date, run-cache), as ``dvc repro`` would; those settled are not submitted (the
+    parts of a train stage that will not run are ``skipped``, then the stage is settled)."""
     settled: list[JobRecord] = []
     for job in plan.jobs:
         if all(need in {record.name for record in settled} for need in job.needs):
@@ -140,6 +142,13 @@ def launch(
     return result
 
 
+def _after(job: Job, plan: Plan) -> str:
+    """`` (after prepare@moons, its 13 parts)``: what ``job`` needs, its own parts counted."""
+    parts = [need for need in job.needs if plan.job(need).part_of == job.name]
+    others = [need for need in job.needs if need not in parts] + ([f"its {len(parts)} parts"] if parts else [])
+    return f" (after {', '.join(others)})" if others else ""
+
+
 def _seconds(record: JobRecord) -> str:
     return "" if record.seconds is None else f"{record.seconds:.1f} s"
 
@@ -152,8 +161,10 @@ def report(result: LaunchResult, tail_lines: int = 30) -> str:
         if not plan.jobs:
             return f"lipbench launch: nothing to run: {len(plan.up_to_date)} stages up to date"
         for depth, level in enumerate(plan.levels()):
-            lines += [f"level {depth}: {job.name}" + (f" (after {', '.join(job.needs)})" if job.needs else "") for job in level]
-        return "\n".join([*lines, f"lipbench launch: {len(plan)} jobs to run; {len(plan.up_to_date)} stages up to date"])
+            lines += [f"level {depth}: {job.name}{_after(job, plan)}" for job in level]
+        parts = sum(1 for job in plan.jobs if job.part_of)
+        counted = f"{len(plan)} jobs to run" + (f" ({parts} of them parts of train stages)" if parts else "")
+        return "\n".join([*lines, f"lipbench launch: {counted}; {len(plan.up_to_date)} stages up to date"])
     width = max(len(record.name) for record in result.records)
     for record in result.records:
         lines.append(f"  {record.state:<11} {record.name:<{width}} {_seconds(record):>9}  {record.note}".rstrip())

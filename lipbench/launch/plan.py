@@ -1,17 +1,19 @@
 """A plan: the jobs that bring DVC targets up to date, in dependency order.
 
 Standard library only (the offline host reads it without DVC). A job is one DVC stage:
-its name (DVC's address, e.g. ``train@moons-hkr-0`` or
-``pipelines/paper/dvc.yaml:train@mnist-hkr-0``), its commands, its working folder and the
-outputs DVC would remove before running it (relative to the checkout's root), and the
-jobs of the plan it needs. Stages that are up to date are not jobs: they are listed by name.
+its name (DVC's address, e.g. ``train@moons`` or ``pipelines/paper/dvc.yaml:train@mnist``),
+its commands, its working folder and the outputs DVC would remove before running it
+(relative to the checkout's root), and the jobs of the plan it needs. Or a job is a part of
+a stage (``part_of``): one model of a train stage (``train@moons/hkr/seed0``), run before
+the stage, which then only collects what its parts made; a part is no DVC stage. Stages
+that are up to date are not jobs: they are listed by name.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,16 @@ class LaunchError(ValueError):
 
 
 def stage_kind(name: str) -> str:
-    """``train`` for ``pipelines/paper/dvc.yaml:train@mnist-hkr-0`` (the stage's name in dvc.yaml)."""
+    """``train`` for ``pipelines/paper/dvc.yaml:train@mnist`` (the stage's name in dvc.yaml) and for
+    its parts (``pipelines/paper/dvc.yaml:train@mnist/hkr/seed0``)."""
     return name.rpartition(":")[2].partition("@")[0]
 
 
 @dataclass(frozen=True)
 class Job:
     """One stage to run: ``commands`` in ``wdir`` after removing ``outs``; ``needs`` are jobs of
-    the same plan that must succeed first."""
+    the same plan that must succeed first. ``part_of``: the stage this job is a part of
+    ("" for a stage's own job)."""
 
     name: str
     commands: tuple[str, ...]
@@ -41,6 +45,7 @@ class Job:
     needs: tuple[str, ...] = ()
     outs: tuple[str, ...] = ()
     pipeline: str = "dvc.yaml"
+    part_of: str = ""
 
     @property
     def kind(self) -> str:
@@ -54,6 +59,7 @@ class Job:
             "needs": list(self.needs),
             "outs": list(self.outs),
             "pipeline": self.pipeline,
+            "part_of": self.part_of,
         }
 
     @classmethod
@@ -65,6 +71,7 @@ class Job:
             needs=tuple(data.get("needs", ())),
             outs=tuple(data.get("outs", ())),
             pipeline=str(data.get("pipeline", "dvc.yaml")),
+            part_of=str(data.get("part_of", "")),
         )
 
 
@@ -121,7 +128,7 @@ class Plan:
         """The plan less ``names`` (finished elsewhere): jobs no longer need them."""
         dropped = set(names)
         jobs = tuple(
-            Job(job.name, job.commands, job.wdir, tuple(n for n in job.needs if n not in dropped), job.outs, job.pipeline)
+            replace(job, needs=tuple(need for need in job.needs if need not in dropped))
             for job in self.jobs
             if job.name not in dropped
         )

@@ -41,8 +41,9 @@ __all__ = [
     "run_local",
 ]
 
-#: States after which a job's dependants may start (``imported``: committed from an offline run).
-DONE_STATES = frozenset({"succeeded", "up to date", "restored", "imported"})
+#: States after which a job's dependants may start (``imported``: committed from an offline run;
+#: ``skipped``: a part of a stage that will not run, see :meth:`~lipbench.launch.stages.DvcStages.settle`).
+DONE_STATES = frozenset({"succeeded", "up to date", "restored", "imported", "skipped"})
 #: A year: submitit's local jobs otherwise stop after 2 minutes.
 _LOCAL_TIMEOUT_MIN = 60 * 24 * 365
 #: Seconds between SIGTERM and SIGKILL when a running job is stopped (training keeps its checkpoint).
@@ -57,7 +58,7 @@ class JobFailedError(RuntimeError):
 @dataclass(frozen=True)
 class JobRecord:
     """What happened to one job: ``state`` is succeeded, failed, interrupted, not run,
-    up to date or restored (from DVC's run-cache)."""
+    up to date, restored (from DVC's run-cache), imported or skipped (see ``DONE_STATES``)."""
 
     name: str
     state: str
@@ -92,7 +93,7 @@ class JobSpec:
 
 
 def _file_name(name: str) -> str:
-    """``pipelines/paper/dvc.yaml:train@mnist-hkr-0`` -> ``pipelines_paper_dvc.yaml_train@mnist-hkr-0``."""
+    """``pipelines/paper/dvc.yaml:train@mnist/hkr/seed0`` -> ``pipelines_paper_dvc.yaml_train@mnist_hkr_seed0``."""
     return re.sub(r"[^A-Za-z0-9@._-]", "_", name)
 
 
@@ -194,7 +195,7 @@ class Hooks(Protocol):
     """The DVC side of a job (see :class:`lipbench.launch.stages.DvcStages`)."""
 
     def settle(self, job: Job) -> str:
-        """Just before ``job`` would start: ``run``, ``up to date`` or ``restored``."""
+        """Just before ``job`` would start: ``run``, or a state of ``DONE_STATES`` (it does not run)."""
         ...
 
     def commit(self, job: Job) -> None:

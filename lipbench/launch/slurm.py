@@ -1,6 +1,7 @@
-"""A plan as Slurm jobs through submitit's SlurmExecutor: one sbatch job per stage,
-submitted in dependency order, each with ``--dependency=afterok:<the jobs it needs>`` and
-``--kill-on-invalid-dep=yes`` (a failed job's dependants are cancelled, never left pending).
+"""A plan as Slurm jobs through submitit's SlurmExecutor: one sbatch job per job of the plan
+(a stage, or a part of a train stage: one model), submitted in dependency order, each with
+``--dependency=afterok:<the jobs it needs>`` and ``--kill-on-invalid-dep=yes`` (a failed
+job's dependants are cancelled, never left pending).
 
 Resources come from the ``launch:`` section of the pipeline's params.yaml, with the
 command-line options on top. Stages that never use a GPU (``cpu_stages``: validate, prepare

@@ -7,23 +7,33 @@ ran. Just before running it, DVC removes its outputs and tries its run-cache; af
 command it saves the stage (dependency and output hashes, the run-cache entry), commits the
 outputs to the cache and writes the stage's ``dvc.lock`` entry. :class:`DvcStages` does the
 same steps with DVC's own functions, one stage at a time, around jobs that run elsewhere.
+
+A train stage that must run is fanned out (:func:`fan_out`): one job per model of its
+dataset (``lipbench train ... --model M --seed S``, which trains the model and keeps it for
+reuse) before the stage's own job, whose command then finds every model kept and only
+copies them into its output. The parts are no DVC stages: they run unless their stage would
+not (up to date, or in the run-cache) and are never committed; their stage is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lipbench.launch.plan import Job, LaunchError, Plan
 
-__all__ = ["DvcStages", "absolute_target", "stage_name"]
+__all__ = ["DvcStages", "absolute_target", "fan_out", "stage_name", "train_parts"]
 
 #: How long a job's settle or commit waits for another DVC process's lock (seconds).
 COMMIT_WAIT_S = 600.0
+#: Options of a train command that already make it one model's: such a stage is not fanned out.
+ONE_MODEL_OPTIONS = ("--model", "--seed", "--out", "--metrics", "--device")
 
 
 def absolute_target(target: str, base: Path) -> str:
@@ -41,8 +51,8 @@ def absolute_target(target: str, base: Path) -> str:
 
 
 def stage_name(stage: Any, root: Path) -> str:
-    """The stage's address relative to the checkout's root (``train@moons-hkr-0``, or
-    ``pipelines/paper/dvc.yaml:train@mnist-hkr-0``), whatever the current folder."""
+    """The stage's address relative to the checkout's root (``train@moons``, or
+    ``pipelines/paper/dvc.yaml:train@mnist``), whatever the current folder."""
     pipeline = Path(os.path.relpath(stage.path, root)).as_posix()
     return stage.name if pipeline == "dvc.yaml" else f"{pipeline}:{stage.name}"
 
@@ -50,6 +60,62 @@ def stage_name(stage: Any, root: Path) -> str:
 def _commands(cmd: str | list[str]) -> tuple[str, ...]:
     """DVC runs each line of a stage's ``cmd`` (or each item of a list) in turn."""
     return tuple(cmd if isinstance(cmd, list) else cmd.splitlines())
+
+
+def _options(command: str) -> dict[str, str] | None:
+    """A command line's ``--name value`` (or ``--name=value``) options; None when the shell
+    could not split it. A flag gets the word after it: only the named options are read."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    options: dict[str, str] = {}
+    for word, following in zip(words, [*words[1:], ""], strict=True):
+        if word.startswith("--"):
+            name, equals, value = word.partition("=")
+            options[name] = value if equals else following
+    return options
+
+
+def train_parts(job: Job, root: Path) -> tuple[Job, ...]:
+    """The parts of a train stage's job: per (model, seed) of its dataset in its profile (read
+    from its command's ``--params``, relative to its wdir, and ``--dataset``), the stage's
+    command for that model alone, needing what the stage needs. No parts for another kind of
+    job, or a command that is not one line with ``--params`` and ``--dataset`` (and no option of
+    one model's, ``ONE_MODEL_OPTIONS``)."""
+    from lipbench.profiles import ProfileError, load_profile
+    from lipbench.runs import run_keys
+
+    if job.kind != "train" or job.part_of or len(job.commands) != 1:
+        return ()
+    options = _options(job.commands[0]) or {}
+    if not options.get("--params") or not options.get("--dataset") or any(name in options for name in ONE_MODEL_OPTIONS):
+        return ()
+    try:
+        profile = load_profile(root / job.wdir / options["--params"])
+    except ProfileError as error:
+        raise LaunchError(f"cannot list the models of {job.name}: {error}") from None
+    return tuple(
+        Job(
+            name=f"{job.name}/{key.model}/seed{key.seed}",
+            commands=(f"{job.commands[0]} --model {shlex.quote(key.model)} --seed {key.seed}",),
+            wdir=job.wdir,
+            needs=job.needs,
+            pipeline=job.pipeline,
+            part_of=job.name,
+        )
+        for key in run_keys(profile, options["--dataset"])
+    )
+
+
+def fan_out(jobs: Sequence[Job], root: Path) -> tuple[Job, ...]:
+    """``jobs`` with each train stage's parts (:func:`train_parts`) just before it; the stage
+    needs them too."""
+    fanned: list[Job] = []
+    for job in jobs:
+        parts = train_parts(job, root)
+        fanned += [*parts, replace(job, needs=(*job.needs, *(part.name for part in parts)))]
+    return tuple(fanned)
 
 
 class DvcStages:
@@ -61,6 +127,8 @@ class DvcStages:
         self.root = Path(root).resolve()
         self.repo = Repo(str(self.root))
         self.force = force
+        #: The state of each fanned-out stage's parts, found once (what the stage needs is final).
+        self._part_states: dict[str, str] = {}
 
     @contextlib.contextmanager
     def _locked(self, wait_s: float = 0.0) -> Iterator[None]:
@@ -101,8 +169,8 @@ class DvcStages:
 
     def plan(self, targets: Sequence[str], exclude_kinds: Sequence[str] = (), base: Path | None = None) -> Plan:
         """The jobs that bring ``targets`` (relative to ``base``, default the root) and the stages
-        they depend on up to date, in dependency order; stages of the kinds ``exclude_kinds``
-        (and their dependants) left out."""
+        they depend on up to date, in dependency order, train stages fanned out (:func:`fan_out`);
+        stages of the kinds ``exclude_kinds`` (and their dependants) left out."""
         from dvc.exceptions import DvcException
 
         try:
@@ -130,7 +198,7 @@ class DvcStages:
                 excluded.add(stage)
             if stage not in excluded and (self.force or to_run.intersection(upstream) or self._changed(stage)):
                 to_run.add(stage)
-        jobs = tuple(self._job(stage, graph, to_run, position) for stage in order if stage in to_run)
+        jobs = fan_out([self._job(stage, graph, to_run, position) for stage in order if stage in to_run], self.root)
         up_to_date = tuple(stage_name(stage, self.root) for stage in order if stage not in to_run | excluded)
         return Plan(jobs, tuple(targets), up_to_date)
 
@@ -162,9 +230,12 @@ class DvcStages:
     def settle(self, job: Job) -> str:
         """Just before ``job`` runs, as ``dvc repro`` does: ``up to date`` if the stage no longer
         changed (what it needs came out the same), else its outputs are removed and
-        ``restored`` from the run-cache when DVC has this exact run, else ``run``."""
+        ``restored`` from the run-cache when DVC has this exact run, else ``run``. A part:
+        see :meth:`_settle_part`."""
         from dvc.stage.cache import RunCacheNotFoundError
 
+        if job.part_of:
+            return self._settle_part(job)
         with self._locked(wait_s=COMMIT_WAIT_S):
             stage = self._stage(job.name)
             if not self.force and not stage.changed():
@@ -179,8 +250,39 @@ class DvcStages:
             self._record(stage)
         return "restored"
 
+    def _settle_part(self, part: Job) -> str:
+        """``run``, unless the part's stage will not run (``skipped``): it is up to date, or DVC's
+        run-cache holds its exact run (a clone with the cache trains nothing). The workspace is
+        left as it is; the stage is settled itself after its parts. Found once per stage: its
+        parts need what it needs, final before the first part is settled."""
+        if self.force:
+            return "run"
+        if part.part_of not in self._part_states:
+            with self._locked(wait_s=COMMIT_WAIT_S):
+                self._part_states[part.part_of] = "skipped" if self._stage_will_not_run(part.part_of) else "run"
+        return self._part_states[part.part_of]
+
+    def _stage_will_not_run(self, name: str) -> bool:
+        """Whether the stage is up to date or DVC's run-cache holds its exact run (under the lock)."""
+        from dvc.stage.cache import RunCacheNotFoundError
+
+        stage = self._stage(name)
+        if not stage.changed():
+            return True
+        if not all(dep.exists for dep in stage.deps):  # the parts' commands say what is missing
+            return False
+        stage.save_deps()
+        try:
+            self.repo.stage_cache.restore(stage, dry=True)
+        except RunCacheNotFoundError:
+            return False
+        return True
+
     def commit(self, job: Job) -> None:
-        """After ``job`` succeeded: what ``dvc repro`` does after a stage's command (``dvc commit``)."""
+        """After ``job`` succeeded: what ``dvc repro`` does after a stage's command (``dvc commit``);
+        nothing for a part (its stage is committed after it)."""
+        if job.part_of:
+            return
         with self._locked(wait_s=COMMIT_WAIT_S):
             self._record(self._stage(job.name))
 

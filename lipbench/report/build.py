@@ -120,7 +120,7 @@ def _build_into(inputs: ReportInputs, out: Path, sources: list[Path], cwd: Path,
     from lipbench.io import write_text_atomic
     from lipbench.report.index import render_index
     from lipbench.report.leaderboard import write_leaderboard
-    from lipbench.report.notebooks import NotebookError, run_notebook
+    from lipbench.report.notebooks import NotebookError
     from lipbench.report.plot_csvs import write_plot_csvs
     from lipbench.report.plotting import FORMATS
     from lipbench.report.tables import all_tables, write_tables
@@ -132,7 +132,7 @@ def _build_into(inputs: ReportInputs, out: Path, sources: list[Path], cwd: Path,
     plots = write_plot_csvs(inputs, out / "plots")
     log(f"{len(table_paths)} table files, {len(plots)} plot files")
     (out / "figures").mkdir()
-    notebooks = [run_notebook(source, profile.path, out, cwd, log=log) for source in sources]
+    notebooks = _run_notebooks(sources, profile.path, out, cwd, log)
     figures = sorted(path for path in (out / "figures").iterdir() if path.is_file())
     wanted = [f"{stem}.{fmt}" for stem in expected for fmt in FORMATS]
     missing = [name for name in wanted if not (out / "figures" / name).is_file()]
@@ -143,3 +143,14 @@ def _build_into(inputs: ReportInputs, out: Path, sources: list[Path], cwd: Path,
     index = render_index(inputs, out, figures, tables, plots, notebooks, leaderboard, plots_page, cwd)
     write_text_atomic(out / "index.html", index)
     return {"figures": figures, "tables": table_paths, "plots": plots, "notebooks": notebooks, "leaderboard": leaderboard}
+
+
+def _run_notebooks(sources: list[Path], params: Path, out: Path, cwd: Path, log) -> list[Path]:
+    """Execute the notebooks, one kernel per core at a time (each kernel is its own process;
+    they write distinct figures); their pages in ``sources`` order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lipbench.report.notebooks import run_notebook
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(sources), os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda source: run_notebook(source, params, out, cwd, log=log), sources))

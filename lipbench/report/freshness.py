@@ -127,4 +127,4 @@ def refresh_train_records(profile: Profile) -> list[str]:
 
 def _train_stage(profile: Profile, key: RunKey) -> str:
     pipeline = profile.path.parent / "dvc.yaml"
-    return f"{pipeline}:train@{key.dataset}-{key.model}-{key.seed}"
+    return f"{pipeline}:train@{key.dataset}"

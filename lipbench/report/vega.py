@@ -52,7 +52,7 @@ EPS_PLOT: dict[str, Any] = {
     "x_label": "L2 eps",
     "y_label": "accuracy",
 }
-#: dvc.yaml's plot of each training history (train stage, ``plots:``).
+#: dvc.yaml's plot of each training history (top-level ``plots:``, the train_history folder).
 HISTORY_PLOT: dict[str, Any] = {"x": "epoch", "y": "test_accuracy"}
 _VENDORED = re.compile(r"<!-- vendored: (?P<label>\S+) [^\n]*-->\n<script>(?P<text>.*?)</script>", re.DOTALL)
 
@@ -113,7 +113,9 @@ def report_plots(inputs: ReportInputs, plots: Sequence[Path], root: Path) -> lis
             for seed in profile.seeds:
                 path = layout.train_history(RunKey(dataset, model, seed))
                 if path.is_file():
-                    plot_id = _report_id(path, profile.path_of("reports"), f"train/{dataset}/{model}/seed{seed}/history.json")
+                    plot_id = _report_id(
+                        path, profile.path_of("reports"), f"train_history/{dataset}/{model}/seed{seed}/history.json"
+                    )
                     rows = json.loads(path.read_text(encoding="utf-8"))
                     history.append(Plot(plot_id, f"{dataset} / {model} / seed {seed}", rows, dict(HISTORY_PLOT)))
         sections.append((f"{dataset}: test accuracy per epoch (training)", history))

@@ -4,6 +4,7 @@ from lipbench.train.artifacts import ModelMetadata, build_from_metadata, load_we
 from lipbench.train.config import Recipe, TrainConfig, resolve_train_config
 from lipbench.train.loop import TrainingDivergedError, TrainResult, accuracy, train_model
 from lipbench.train.run import config_from_profile, run_training
+from lipbench.train.stage import run_train_stage, train_kept
 
 __all__ = [
     "ModelMetadata",
@@ -19,4 +20,6 @@ __all__ = [
     "train_model",
     "config_from_profile",
     "run_training",
+    "run_train_stage",
+    "train_kept",
 ]

@@ -31,10 +31,14 @@ def data_fingerprint(splits: DatasetSplits) -> str:
     return hashlib.sha256(json.dumps(dict(splits.manifest), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_fingerprint(config: TrainConfig, data_fingerprint: str) -> str:
+def run_fingerprint(config: TrainConfig, data_fingerprint: str, device: torch.device | str = "cpu") -> str:
     """What must match for a checkpoint to be resumed: the config, the prepared data,
-    lipbench's source and torch's version. Anything else starts from scratch."""
-    parts = (config.fingerprint(), data_fingerprint, source_fingerprint(), torch.__version__)
+    lipbench's source, torch's version and the device kind, on CPU with torch's thread count
+    (the float rounding depends on it: a run resumed under other threads would end in other
+    bytes than an uninterrupted one). Anything else starts from scratch."""
+    kind = torch.device(device).type
+    where = f"cpu x{torch.get_num_threads()}" if kind == "cpu" else kind
+    parts = (config.fingerprint(), data_fingerprint, source_fingerprint(), torch.__version__, where)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -261,7 +261,7 @@ def _start(
     step_loss = make_step_loss(method, config.num_classes == 2, config.method_params, context)
     learned_loss = step_loss.learned_loss.to(device) if step_loss.learned_loss is not None else None
     optimizer = _optimizer(config, model, learned_loss)
-    fingerprint = run_fingerprint(config, data_fingerprint(splits))
+    fingerprint = run_fingerprint(config, data_fingerprint(splits), device)
     checkpoint = load_checkpoint(checkpoint_path, fingerprint, device, talk=context.is_main)
     history: list[dict[str, Any]] = []
     if checkpoint is not None:

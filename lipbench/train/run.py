@@ -1,12 +1,13 @@
 """One training stage run: resolve and validate, load data, train, write the outputs.
 
-Outputs (paths from :class:`lipbench.runs.Layout` unless given): in the model folder
-(DVC-cached, git-ignored) ``weights.safetensors`` and ``checkpoint.pt`` (resume state); in
-the train metrics folder (small, git-tracked) ``metrics.json`` (the
-:class:`~lipbench.summaries.TrainSummary`) and ``history.json`` (per-epoch rows for ``dvc
-plots``). Nothing is written for a model that cannot be exported (non-finite weights):
-the run fails with :class:`~lipbench.train.loop.TrainingDivergedError` and its last epoch
-checkpoint is kept.
+Outputs (paths from :class:`lipbench.runs.Layout` unless given): ``weights.safetensors`` in
+the model folder (DVC-cached, git-ignored), ``checkpoint.pt`` (resume state) beside it when
+``out_dir`` is given, else in the layout's checkpoint folder (outside DVC's outputs),
+``metrics.json`` (the :class:`~lipbench.summaries.TrainSummary`) in the train metrics folder
+and ``history.json`` (per-epoch rows for ``dvc plots``) beside it when ``metrics_dir`` is
+given, else in the layout's history folder (both small, git-tracked). Nothing is written
+for a model that cannot be exported (non-finite weights): the run fails with
+:class:`~lipbench.train.loop.TrainingDivergedError` and its last epoch checkpoint is kept.
 
 Under ``torchrun`` every rank trains and rank 0 alone writes these files (see
 :mod:`lipbench.train.distributed`).
@@ -123,12 +124,13 @@ def run_training(
     rank 0 alone writes."""
     started = time.perf_counter()
     layout = Layout.of(profile)
-    out_dir = Path(out_dir) if out_dir is not None else layout.model_dir(key)
-    metrics_dir = Path(metrics_dir) if metrics_dir is not None else layout.train_metrics_dir(key)
+    checkpoint = layout.checkpoint(key) if out_dir is None else Path(out_dir) / "checkpoint.pt"
+    out_dir = layout.model_dir(key) if out_dir is None else Path(out_dir)
+    history_path = layout.train_history(key) if metrics_dir is None else Path(metrics_dir) / "history.json"
+    metrics_dir = layout.train_metrics_dir(key) if metrics_dir is None else Path(metrics_dir)
     config = config_from_profile(profile, key)
     device = resolve_device(device_name or profile.device())
     splits = load_dataset(key.dataset, profile.path_of("data"), profile.prepare_params(key.dataset))
-    checkpoint = out_dir / "checkpoint.pt"
     result = train_model(config, splits, device, checkpoint, progress)
     plain = _exported(result, key, checkpoint)
     summary = _summary(key, config, result, splits, device, started)
@@ -136,6 +138,6 @@ def run_training(
         metadata = ModelMetadata.of(config)
         save_weights(out_dir / "weights.safetensors", plain, metadata, constrained=result.model)
         history = [{name: value for name, value in row.items() if name != "seconds"} for row in result.history]
-        write_json_atomic(metrics_dir / "history.json", history)
+        write_json_atomic(history_path, history)
         write_summary(metrics_dir / "metrics.json", summary)
     return summary

@@ -333,9 +333,10 @@ def test_the_paper_grid_s_sbatch_scripts_carry_the_resources_and_the_dependency_
     submitted = submit_plan(plan, tmp_path, tmp_path / "launch", options, {})
     calls = {call["id"]: call["script"] for call in sbatch_calls(fake_slurm)}
     profile = yaml.safe_load(params.read_text())
-    datasets, models = len(profile["datasets"]), len(profile["models"])
-    # validate, a prepare per dataset, a train per (dataset, model), 3 evaluations + explain per dataset, report
-    assert len(calls) == len(plan) == 1 + datasets + datasets * models + datasets * 4 + 1
+    datasets, models = len(profile["datasets"]), len(profile["models"]) * len(profile["seeds"])
+    # validate, a prepare per dataset, a train part per (dataset, model, seed), then a train, 3 evaluations and
+    # explain per dataset, report
+    assert len(calls) == len(plan) == 1 + datasets + datasets * models + datasets * 5 + 1
     assert datasets == 5 and models >= 19
     for job in plan.jobs:
         script = calls[int(submitted[job.name][0].job_id)]
@@ -347,10 +348,17 @@ def test_the_paper_grid_s_sbatch_scripts_carry_the_resources_and_the_dependency_
         dependency = [line for line in script.splitlines() if line.startswith("#SBATCH --dependency=")]
         assert dependency == ([f"#SBATCH --dependency=afterok:{':'.join(map(str, needs))}"] if needs else [])
         assert all(need < int(submitted[job.name][0].job_id) for need in needs)  # what a job needs is submitted first
-    train = plan.job("pipelines/paper/dvc.yaml:train@cifar10-hkr-0")
-    assert train.needs == ("pipelines/paper/dvc.yaml:prepare@cifar10",)
-    models = yaml.safe_load(params.read_text())["models"]  # the paper profile's, in its order
+    part = plan.job("pipelines/paper/dvc.yaml:train@cifar10/hkr/seed0")
+    assert (part.needs, part.part_of, part.outs) == (
+        ("pipelines/paper/dvc.yaml:prepare@cifar10",), "pipelines/paper/dvc.yaml:train@cifar10", (),
+    )  # fmt: skip
+    assert part.commands == ("lipbench train --params pipelines/paper/params.yaml --dataset cifar10 --model hkr --seed 0",)
+    models = profile["models"]  # the paper profile's, in its order
+    assert plan.job("pipelines/paper/dvc.yaml:train@cifar10").needs == (
+        "pipelines/paper/dvc.yaml:prepare@cifar10",
+        *(f"pipelines/paper/dvc.yaml:train@cifar10/{model}/seed0" for model in models),
+    )
     assert plan.job("pipelines/paper/dvc.yaml:certify@cifar10").needs == (
         "pipelines/paper/dvc.yaml:prepare@cifar10",
-        *(f"pipelines/paper/dvc.yaml:train@cifar10-{model}-0" for model in models),
+        "pipelines/paper/dvc.yaml:train@cifar10",
     )

@@ -1,7 +1,8 @@
 """``lipbench launch --executor local --jobs 2`` runs the quick profile's training and
 evaluation stages of one dataset (moons, shrunk: two models, a few epochs) in a clone of the
-repository, leaves ``dvc status`` clean, runs nothing the second time, and produces what a
-plain ``dvc repro`` of the same targets produces in a second clone: every metric within
+repository: the train stage fanned out (each model its own job, the stage then only copies
+them back), ``dvc status`` clean afterwards, nothing run the second time, and what a plain
+``dvc repro`` of the same targets produces in a second clone: every metric within
 check-repro's tolerances and the same trained weights, byte for byte."""
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ TARGET = "dvc.yaml:verify@moons"
 
 
 def _clone(destination: Path) -> None:
-    """A clone of the repository (the code under test copied over it: the job processes import
-    lipbench from the checkout), the quick profile shrunk to moons, two models and 3 epochs."""
+    """A clone of the repository (the code and pipelines under test copied over it: the job
+    processes import lipbench from the checkout), the quick profile shrunk to moons, two models
+    and 3 epochs."""
     subprocess.run(["git", "clone", "-q", str(REPO), str(destination)], check=True)
-    shutil.rmtree(destination / "lipbench")
-    shutil.copytree(REPO / "lipbench", destination / "lipbench", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("lipbench", "pipelines"):
+        shutil.rmtree(destination / folder)
+        shutil.copytree(REPO / folder, destination / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "dvc.yaml", destination / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params.update(datasets=["moons"], models=["hkr", "standard"])
     params["prepare"]["moons"]["n_samples"] = 300
@@ -56,9 +60,15 @@ def test_launch_runs_moons_like_dvc_repro_and_leaves_dvc_status_clean(tmp_path: 
     _clone(launched)
     _clone(reproduced)
     out = _run([str(BIN / "lipbench"), "launch", TARGET, "--executor", "local", "--jobs", "2"], launched)
-    assert "lipbench launch: 7 succeeded;" in out, out  # validate, prepare, 2 x train, certify, attack, verify
+    # validate, prepare, a train part per model, train, certify, attack, verify
+    assert "lipbench launch: 8 succeeded;" in out, out
+    records = json.loads(next((launched / ".launch").glob("*/launch.json")).read_text())["records"]
+    names = [record["name"] for record in records]
+    assert names.index("train@moons/hkr/seed0") < names.index("train@moons") and "train@moons/standard/seed0" in names
+    stage_log = Path(records[names.index("train@moons")]["log"]).read_text()
+    assert "moons/hkr/seed0: reused" in stage_log and "moons/standard/seed0: reused" in stage_log, stage_log
     assert "Data and pipelines are up to date." in _run([str(BIN / "dvc"), "status", TARGET], launched)
-    assert "nothing to run: 7 stages up to date" in _run([str(BIN / "lipbench"), "launch", TARGET, "--jobs", "2"], launched)
+    assert "nothing to run: 6 stages up to date" in _run([str(BIN / "lipbench"), "launch", TARGET, "--jobs", "2"], launched)
     _run([str(BIN / "dvc"), "repro", TARGET], reproduced)
     fresh, reference = _metrics(launched), _metrics(reproduced)
     assert sorted(fresh) == sorted(reference) and len(fresh) == 7  # 2 x (metrics, history) + 3 evaluations
@@ -66,6 +76,4 @@ def test_launch_runs_moons_like_dvc_repro_and_leaves_dvc_status_clean(tmp_path: 
     assert not mismatches, mismatches
     lock, reference_lock = (yaml.safe_load((root / "dvc.lock").read_text())["stages"] for root in (launched, reproduced))
     assert sorted(lock) == sorted(reference_lock)
-    for model in ("hkr", "standard"):
-        stage = f"train@moons-{model}-0"
-        assert lock[stage]["outs"][0] == reference_lock[stage]["outs"][0]  # weights.safetensors: path, md5, size
+    assert lock["train@moons"]["outs"] == reference_lock["train@moons"]["outs"]  # data/quick/models/moons: md5 of every file

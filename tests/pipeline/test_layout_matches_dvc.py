@@ -15,7 +15,7 @@ from dvc.repo import Repo
 from lipbench.data.base import MANIFEST_NAME
 from lipbench.profiles import load_profile
 from lipbench.report import inputs
-from lipbench.runs import EVALUATION_STAGES, MODEL_STAGES, Layout, RunKey
+from lipbench.runs import EVALUATION_STAGES, MODEL_STAGES, Layout, RunKey, run_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,12 +58,14 @@ def test_declared_outputs_and_commands_are_the_layout_paths(stages):
         elif name == "prepare":
             assert outs == {str(layout.prepared(dataset))} and str(layout.validated()) in deps
         elif name == "train":
-            key = RunKey(dataset, options["model"], int(options["seed"]))
-            expected = {layout.weights(key), layout.train_history(key)}  # no checkpoint; metrics.json undeclared
-            assert outs == {str(path) for path in expected}, stage.name
-            assert layout.train_summary(key).parent == layout.train_history(key).parent
-            assert (options["out"], options["metrics"]) == (str(layout.model_dir(key)), str(layout.train_metrics_dir(key)))
-            assert str(layout.prepared(dataset)) in deps
+            assert outs == {str(layout.models_dataset_dir(dataset))}, stage.name  # records and histories undeclared
+            for key in run_keys(load_profile(options["params"]), dataset):
+                assert layout.weights(key).is_relative_to(layout.models_dataset_dir(dataset))
+                assert not layout.checkpoint(key).is_relative_to(layout.models_dataset_dir(dataset))
+                assert not layout.reuse_dir("train", key).is_relative_to(layout.models_dataset_dir(dataset))
+                assert layout.train_history(key).is_relative_to(layout.train_history_dataset_dir(dataset))
+                assert layout.train_summary(key).parent != layout.train_history(key).parent  # DVC plots a whole folder
+            assert set(options) == {"params", "dataset"} and str(layout.prepared(dataset)) in deps
         elif name in EVALUATION_STAGES:
             assert outs == {str(layout.stage_dataset_dir(name, dataset))}  # the git-tracked record is undeclared
             upstream = EVALUATION_STAGES[: EVALUATION_STAGES.index(name)]
@@ -97,6 +99,18 @@ def test_every_stage_but_the_report_can_be_restored_from_the_run_cache(stages):
             assert not (out.persist and out.use_cache), f"{stage.name}: {out} is cached and persistent"
             assert not out.def_path.endswith("checkpoint.pt"), stage.name
             assert not out.metric or out.def_path.endswith("scores.json"), f"{stage.name}: {out} is a DVC metric"
+
+
+def test_the_training_histories_are_the_pipelines_plot_folder(stages):
+    """dvc.yaml's top-level plots name the folder every history lies in, and only histories."""
+    for dvcfile in {stage.dvcfile for stage in stages}:
+        profile = load_profile(Path(dvcfile.path).parent / "params.yaml")
+        layout = Layout.of(profile)
+        plots = {_relative(os.path.normpath(Path(dvcfile.path).parent / path)) for plot in dvcfile.plots for path in plot}
+        folder = layout.train_history_dataset_dir("x").parent
+        assert plots == {str(layout.reports / "plots"), str(folder)}, plots
+        for key in run_keys(profile):
+            assert layout.train_history(key).is_relative_to(folder) and not layout.train_summary(key).is_relative_to(folder)
 
 
 def test_the_report_reads_the_prepared_manifest_under_its_real_name():

@@ -70,7 +70,7 @@ def test_plots_page_has_every_dvc_plot_and_the_inlined_libraries(published: tupl
     ids = re.findall(r'<div id = "([^"]+)">', text)
     expected = [f"plots_{d}_{m}_csv" for d in DATASETS for m in MODELS]
     assert sorted(i for i in ids if i.startswith("plots_")) == sorted(expected)
-    history = [f"metrics_train_{d}_{m}_seed0_history_json" for d in DATASETS for m in MODELS]
+    history = [f"metrics_train_history_{d}_{m}_seed0_history_json" for d in DATASETS for m in MODELS]
     assert sorted(i for i in ids if i.endswith("_history_json")) == sorted(history)
     assert "{plot_divs}" not in text and "<a href='plots.html'>" in (reports / "index.html").read_text(encoding="utf-8")
 

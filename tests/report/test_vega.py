@@ -53,11 +53,11 @@ def test_template_inlines_the_pinned_libraries_byte_for_byte() -> None:
 
 def test_plot_properties_are_those_of_dvc_yaml() -> None:
     pipeline = yaml.safe_load((REPOSITORY / "dvc.yaml").read_text())
-    (top,) = pipeline["plots"]
-    ((path, props),) = top.items()
+    eps, history = pipeline["plots"]
+    ((path, props),) = eps.items()
     assert path.endswith("/${paths.reports}/plots") and props == EPS_PLOT
-    ((history, train_props),) = pipeline["stages"]["train"]["plots"][0].items()
-    assert history.endswith("history.json") and {k: v for k, v in train_props.items() if k != "cache"} == HISTORY_PLOT
+    ((path, props),) = history.items()
+    assert path.endswith("/${paths.metrics}/train_history") and props == HISTORY_PLOT
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def dvc_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPOSITORY / name, work / name)
     shutil.copytree(REPOSITORY / QUICK / "plots", work / QUICK / "plots")
-    for history in (REPOSITORY / QUICK / "metrics" / "train").rglob("history.json"):
+    for history in (REPOSITORY / QUICK / "metrics" / "train_history").rglob("history.json"):
         target = work / history.relative_to(REPOSITORY)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(history, target)
@@ -90,7 +90,7 @@ def test_dvc_page_is_offline_and_matches_the_report_renderer(dvc_page: Path) -> 
     assert "cdn.jsdelivr" not in page and len(inlined_scripts(page)) == 3
     specs = _specs(page)
     csvs = sorted((REPOSITORY / QUICK / "plots").rglob("*.csv"))
-    assert len(specs) == len(csvs) + len(list((REPOSITORY / QUICK / "metrics" / "train").rglob("history.json")))
+    assert len(specs) == len(csvs) + len(list((REPOSITORY / QUICK / "metrics" / "train_history").rglob("history.json")))
     csv_path = csvs[0].relative_to(REPOSITORY).as_posix()
     with csvs[0].open(newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -244,7 +244,12 @@ def _torchrun(params: Path, out: Path, metrics: Path) -> subprocess.CompletedPro
 def test_torchrun_trains_to_the_single_process_weights_and_resumes_its_checkpoints(tmp_path, prepared_moons, make_profile):
     (tmp_path / "data").symlink_to(prepared_moons)
     params = make_profile(tmp_path)
-    run_training(load_profile(params), RunKey("moons", "hkr", 0), tmp_path / "single", tmp_path / "single-m", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' threads (OMP_NUM_THREADS=1): a checkpoint resumes under its own threads only
+    try:
+        run_training(load_profile(params), RunKey("moons", "hkr", 0), tmp_path / "single", tmp_path / "single-m", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     ddp = _torchrun(params, tmp_path / "ddp", tmp_path / "ddp-m")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("lipbench train: moons/hkr/seed0") == 1, ddp.stdout  # rank 0 alone reports
