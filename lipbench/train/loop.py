@@ -14,7 +14,6 @@ recipe's ``precision`` (bf16 autocast) and ``compile`` (torch.compile) are appli
 from __future__ import annotations
 
 import math
-import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from lipbench.train.distributed import (
     distributed_session,
     make_step_loss,
 )
+from lipbench.train.memory import peak_rss_mb, reset_peak_rss
 from lipbench.train.precision import parametrized_weights, precision_context
 
 __all__ = [
@@ -209,7 +209,7 @@ def _raise_if_diverged(first_bad_step: Tensor, value: Tensor, label: str, epoch:
 
 
 def _peak_memory_mb(device: torch.device) -> dict[str, float]:
-    peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = {"process_rss": peak_rss_mb()}
     if device.type == "cuda":
         peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peak
@@ -361,6 +361,7 @@ def _train(
     progress: bool,
     context: DistributedContext,
 ) -> TrainResult:
+    reset_peak_rss()  # this training's peak, not an earlier one's in the same process
     run = _start(config, splits, device, checkpoint_path, context)
     recipe = config.recipe
     if device.type == "cuda":
