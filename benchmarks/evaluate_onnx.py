@@ -32,6 +32,9 @@ from lipbench.data import load_dataset, take_tensors
 from lipbench.environment import environment_record
 from lipbench.profiles import load_profile
 
+#: lipbench's command in this interpreter (the benchmark may run without the venv on PATH).
+LIPBENCH = (sys.executable, "-m", "lipbench.cli.main")
+
 SHAPES = {
     "lenet": lambda: nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
@@ -63,7 +66,7 @@ def scratch_profile(params: Path, folder: Path) -> Path:
     profile["paths"] = {key: str(folder / key) for key in ("data", "models", "evaluation", "metrics", "reports")}
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(profile, sort_keys=False))
-    subprocess.run(["lipbench", "prepare", "--params", str(path), "--dataset", "digits"], check=True, capture_output=True)
+    subprocess.run([*LIPBENCH, "prepare", "--params", str(path), "--dataset", "digits"], check=True, capture_output=True)
     return path
 
 
@@ -111,7 +114,7 @@ def main() -> None:
         params = scratch_profile(args.params.resolve(), Path(scratch))
         for name in args.models:
             onnx_path, model = export_model(name, params, Path(scratch), args.steps)
-            command = ["lipbench", "evaluate", "--params", str(params), "--dataset", "digits", "--model", str(onnx_path)]
+            command = [*LIPBENCH, "evaluate", "--params", str(params), "--dataset", "digits", "--model", str(onnx_path)]
             started = time.perf_counter()
             result = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, cwd=scratch)
             seconds = time.perf_counter() - started
