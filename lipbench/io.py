@@ -1,7 +1,8 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A reader (or a rerun after a crash) sees either the old file or the complete new one,
-never a half-written file.
+never a half-written file. Also the folder operations the stages share (copy a folder into
+place, drop the per-run folders of models no longer in a profile).
 """
 
 from __future__ import annotations
@@ -77,3 +78,15 @@ def replace_folder(source: str | os.PathLike[str], target: str | os.PathLike[str
     shutil.copytree(source, staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+
+
+def remove_unlisted_runs(root: str | os.PathLike[str], kept: set[Path]) -> None:
+    """Under ``root`` (one folder per model, then ``seed<k>``), drop every ``<model>/seed<k>``
+    folder not in ``kept``, then the model folders left empty."""
+    root = Path(root)
+    for folder in root.glob("*/seed*"):
+        if folder not in kept:
+            shutil.rmtree(folder)
+    for folder in root.glob("*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,7 +32,7 @@ from lipbench.devices import resolve_device
 from lipbench.environment import environment_record, source_fingerprint
 from lipbench.evaluate.model_stages import STAGE_WORK, GivenModel
 from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
-from lipbench.io import replace_folder
+from lipbench.io import remove_unlisted_runs, replace_folder
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
 from lipbench.runs import EVALUATION_STAGES, Layout, RunKey, run_keys
@@ -188,11 +187,5 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
 def _remove_stale(layout: Layout, stage: str, dataset: str, keys: list[RunKey]) -> None:
     """Drop outputs (and kept copies) of models no longer in the profile."""
     for folder_of in (layout.stage_dir, layout.reuse_dir):
-        kept = {folder_of(stage, key) for key in keys}
         root = folder_of(stage, RunKey(dataset, "x", 0)).parent.parent  # one folder per model, then per seed
-        for folder in root.glob("*/seed*"):
-            if folder not in kept:
-                shutil.rmtree(folder)
-        for folder in root.glob("*"):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        remove_unlisted_runs(root, {folder_of(stage, key) for key in keys})

@@ -19,7 +19,6 @@ which finds them kept).
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -27,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lipbench.data import load_dataset
-from lipbench.io import copy_file_atomic, write_text_atomic
+from lipbench.data import DatasetSplits, load_dataset
+from lipbench.io import copy_file_atomic, remove_unlisted_runs, write_text_atomic
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
 from lipbench.runs import Layout, RunKey, run_keys
@@ -53,11 +52,13 @@ def _device_kind(name: str) -> str:
     return torch.device(name).type
 
 
-def training_fingerprint(profile: Profile, key: RunKey) -> str:
+def training_fingerprint(profile: Profile, key: RunKey, splits: DatasetSplits | None = None) -> str:
     """What decides a trained model's bytes (see the module docstring; the checkpoint's
-    fingerprint), under this process's torch threads: set :func:`training_threads` first."""
+    fingerprint), under this process's torch threads: set :func:`training_threads` first.
+    ``splits``: the key's prepared dataset when already loaded."""
     config = config_from_profile(profile, key)
-    splits = load_dataset(key.dataset, profile.path_of("data"), profile.prepare_params(key.dataset))
+    if splits is None:
+        splits = load_dataset(key.dataset, profile.path_of("data"), profile.prepare_params(key.dataset))
     return run_fingerprint(config, data_fingerprint(splits), _device_kind(profile.device()))
 
 
@@ -149,15 +150,16 @@ def run_train_stage(profile: Profile, dataset: str, progress: bool = True) -> di
     profile.check_member("dataset", dataset)
     layout = Layout.of(profile)
     keys = run_keys(profile, dataset)
-    for key in keys:
-        config_from_profile(profile, key)  # names, method parameters, recipe: fail before any work
     threads = training_threads(profile)
     if threads is not None:  # this process computes the fingerprints the workers will match
         torch.set_num_threads(threads)
+    splits = load_dataset(dataset, profile.path_of("data"), profile.prepare_params(dataset))
+    # every run resolved (names, method parameters, recipe) before any work: a bad one raises here
+    fingerprints = {key: training_fingerprint(profile, key, splits) for key in keys}
     summaries: dict[RunKey, TrainSummary] = {}
     pending: list[RunKey] = []
     for key in keys:
-        reused = reuse_kept(layout, key, training_fingerprint(profile, key))
+        reused = reuse_kept(layout, key, fingerprints[key])
         if reused is None:
             pending.append(key)
         else:
@@ -175,17 +177,12 @@ def run_train_stage(profile: Profile, dataset: str, progress: bool = True) -> di
 
 def _remove_stale(layout: Layout, dataset: str, keys: list[RunKey]) -> None:
     """Drop the model folders, kept copies, histories and records of models no longer in the profile."""
-    roots = (
-        (layout.models_dataset_dir(dataset), layout.model_dir),
-        (layout.reuse_dir("train", RunKey(dataset, "x", 0)).parent.parent, lambda key: layout.reuse_dir("train", key)),
-        (layout.train_history_dataset_dir(dataset), lambda key: layout.train_history(key).parent),
-        (layout.train_metrics_dir(RunKey(dataset, "x", 0)).parent.parent, layout.train_metrics_dir),
+    any_key = RunKey(dataset, "x", 0)
+    folders_of = (
+        layout.model_dir,
+        lambda key: layout.reuse_dir("train", key),
+        lambda key: layout.train_history(key).parent,
+        layout.train_metrics_dir,
     )
-    for root, folder_of in roots:
-        kept = {folder_of(key) for key in keys}
-        for folder in root.glob("*/seed*"):
-            if folder not in kept:
-                shutil.rmtree(folder)
-        for folder in root.glob("*"):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+    for folder_of in folders_of:
+        remove_unlisted_runs(folder_of(any_key).parent.parent, {folder_of(key) for key in keys})
