@@ -9,7 +9,8 @@ lipbench's source). Each model's outputs are also kept in ``Layout.reuse_dir`` (
 DVC's outputs, which DVC removes before it reruns a stage, so that the stage stays
 restorable from DVC's run-cache): when DVC reruns a stage, models whose fingerprint is
 unchanged are copied back from there, not recomputed, so adding one model costs one
-model's evaluation. Models run in
+model's evaluation. A clone restored from DVC's cache has no such copies: they are then
+taken from the stage's output as ``dvc.lock`` last recorded it (:mod:`lipbench.dvc_cache`). Models run in
 ``evaluate.workers`` parallel processes (spawned, one torch thread each) or in-process when
 ``workers`` is 1. The per-model work is in :mod:`lipbench.evaluate.model_stages`.
 """
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from lipbench.data.base import sha256_file
 from lipbench.devices import resolve_device
+from lipbench.dvc_cache import LockedOutput, locked_output
 from lipbench.environment import environment_record, source_fingerprint
 from lipbench.evaluate.model_stages import STAGE_WORK, GivenModel
 from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
@@ -111,6 +113,23 @@ def _reusable(layout: Layout, stage: str, key: RunKey, run_fingerprint: str) -> 
     return dataclasses.replace(summary, reused=True)
 
 
+def _keep_locked(layout: Layout, stage: str, key: RunKey, run_fingerprint: str, locked: LockedOutput | None) -> bool:
+    """Copy the model's outputs as DVC last locked the stage's output into its reuse folder
+    when their fingerprint matches (a clone restored from DVC's cache has no kept copies)."""
+    output = layout.stage_dataset_dir(stage, key.dataset)
+    if locked is None or not layout.stage_dir(stage, key).is_relative_to(output):
+        return False
+    prefix = layout.stage_dir(stage, key).relative_to(output).as_posix()
+    summary_file = locked.cached(f"{prefix}/summary.json")
+    try:
+        summary = None if summary_file is None else read_summary(summary_file, STAGE_SUMMARIES[stage])
+    except SummaryError:
+        return False
+    if summary is None or summary.fingerprint != run_fingerprint:
+        return False
+    return locked.copy_folder(prefix, layout.reuse_dir(stage, key))
+
+
 def _done(bar: tqdm, stage: str, key: RunKey, summary: StageSummary) -> None:
     """Progress per model: the bar on a terminal, else one line (DVC logs, CI)."""
     if bar.disable:
@@ -156,9 +175,16 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
                 raise FileNotFoundError(f"{key.label}: run the {upstream} stage first (lipbench {upstream} --dataset {dataset})")
     summaries: dict[RunKey, StageSummary] = {}
     pending: list[tuple[RunKey, str]] = []
+    locked: list[LockedOutput | None] = []  # read once, when a model is not kept
     for key in keys:
         key_fingerprint = fingerprint(profile, stage, key, settings)
         reused = _reusable(layout, stage, key, key_fingerprint)
+        if reused is None:
+            locked = locked or [
+                locked_output(profile.path.parent / "dvc.lock", f"{stage}@{dataset}", layout.stage_dataset_dir(stage, dataset))
+            ]
+            if _keep_locked(layout, stage, key, key_fingerprint, locked[0]):
+                reused = _reusable(layout, stage, key, key_fingerprint)
         if reused is not None:
             summaries[key] = reused
         else:

@@ -13,11 +13,14 @@ DVC removes the stage's output folder before it reruns the stage; unchanged mode
 copied back, not retrained, so changing one model's parameters retrains one model.
 ``lipbench train --model M --seed S`` trains one model into the same places with the same
 threads (``lipbench launch`` fans a train stage out into such jobs, then runs the stage,
-which finds them kept).
+which finds them kept). A clone restored from DVC's cache has no kept copies: a model is
+then taken from the stage's output as ``dvc.lock`` last recorded it (its fingerprint is
+part of that output), with its git-tracked summary and history (:mod:`lipbench.dvc_cache`).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from lipbench.data import DatasetSplits, load_dataset
+from lipbench.dvc_cache import LockedOutput, locked_output
 from lipbench.io import copy_file_atomic, remove_unlisted_runs, write_text_atomic
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
@@ -35,7 +39,7 @@ from lipbench.summaries import SummaryError, TrainSummary, read_summary
 from lipbench.train.checkpoint import data_fingerprint, run_fingerprint
 from lipbench.train.run import config_from_profile, run_training
 
-__all__ = ["training_threads", "training_fingerprint", "train_kept", "reuse_kept", "run_train_stage"]
+__all__ = ["training_threads", "training_fingerprint", "train_kept", "reuse_kept", "reuse_locked", "run_train_stage"]
 
 _FINGERPRINT = "fingerprint.txt"
 
@@ -72,8 +76,14 @@ def _kept_files(layout: Layout, key: RunKey) -> dict[Path, Path]:
     }
 
 
+def _mark(layout: Layout, key: RunKey, fingerprint: str) -> None:
+    """The fingerprint beside the weights, in DVC's output (restorable from its cache)."""
+    write_text_atomic(layout.model_dir(key) / _FINGERPRINT, fingerprint + "\n")
+
+
 def keep(layout: Layout, key: RunKey, fingerprint: str) -> None:
     """Copy a freshly trained model's outputs into its reuse folder; the fingerprint last."""
+    _mark(layout, key, fingerprint)
     kept = layout.reuse_dir("train", key)
     (kept / _FINGERPRINT).unlink(missing_ok=True)
     for output, copy in _kept_files(layout, key).items():
@@ -96,12 +106,54 @@ def reuse_kept(layout: Layout, key: RunKey, fingerprint: str) -> TrainSummary | 
         return None
     for output, copy in files.items():
         copy_file_atomic(copy, output)
+    _mark(layout, key, fingerprint)
     return summary
 
 
-def train_kept(profile_path: str, key: RunKey, progress: bool = False) -> TrainSummary:
+def _locked_models(profile: Profile, dataset: str) -> LockedOutput | None:
+    """The dataset's model folder as the profile's ``dvc.lock`` last recorded it."""
+    layout = Layout.of(profile)
+    output = layout.model_dir(RunKey(dataset, "x", 0)).parent.parent
+    return locked_output(profile.path.parent / "dvc.lock", f"train@{dataset}", output)
+
+
+def _describes(summary: TrainSummary, profile: Profile, key: RunKey) -> bool:
+    """Whether the git-tracked ``summary`` records ``key`` as the profile configures it now
+    (DVC's run-cache restores weights without it: the report stage repairs such records)."""
+    config = json.loads(json.dumps(config_from_profile(profile, key).as_dict()))
+    recorded = {"dataset": summary.dataset, "model": summary.model, "seed": summary.seed, "method": summary.method}
+    recorded |= {"architecture": summary.architecture, "method_params": summary.method_params, "recipe": summary.recipe}
+    return all(config[name] == value for name, value in recorded.items())
+
+
+def reuse_locked(profile: Profile, key: RunKey, fingerprint: str, locked: LockedOutput | None) -> TrainSummary | None:
+    """The model as DVC last locked the stage's output, when its fingerprint matches and its
+    git-tracked summary and history record it: copied back, kept and returned; else None."""
+    if locked is None:
+        return None
+    layout = Layout.of(profile)
+    prefix = layout.model_dir(key).relative_to(layout.model_dir(key).parent.parent).as_posix()
+    marker = locked.cached(f"{prefix}/{_FINGERPRINT}")
+    weights = locked.cached(f"{prefix}/{layout.weights(key).name}")
+    if marker is None or weights is None or marker.read_text().strip() != fingerprint:
+        return None
+    if not layout.train_history(key).is_file() or not layout.train_summary(key).is_file():
+        return None
+    try:
+        summary = read_summary(layout.train_summary(key), TrainSummary)
+    except SummaryError:
+        return None
+    if not _describes(summary, profile, key):
+        return None
+    copy_file_atomic(weights, layout.weights(key))
+    keep(layout, key, fingerprint)
+    return summary
+
+
+def train_kept(profile_path: str, key: RunKey, progress: bool = False, locked: bool = True) -> TrainSummary:
     """Train one model into the profile's layout and keep it for reuse (one process: a
-    worker of the stage or ``lipbench train --model M --seed S``)."""
+    worker of the stage or ``lipbench train --model M --seed S``). ``locked``: also look for
+    it in DVC's last locked output (the stage did before it handed the model to a worker)."""
     profile = load_profile(profile_path)
     threads = training_threads(profile)
     if threads is not None:
@@ -109,6 +161,8 @@ def train_kept(profile_path: str, key: RunKey, progress: bool = False) -> TrainS
     fingerprint = training_fingerprint(profile, key)
     layout = Layout.of(profile)
     summary = reuse_kept(layout, key, fingerprint)
+    if summary is None and locked:
+        summary = reuse_locked(profile, key, fingerprint, _locked_models(profile, key.dataset))
     if summary is not None:
         return summary
     summary = run_training(profile, key, progress=progress)
@@ -132,12 +186,12 @@ def _train_pending(profile: Profile, pending: list[RunKey], bar: tqdm) -> dict[R
     done: dict[RunKey, TrainSummary] = {}
     if workers == 1:
         for key in pending:
-            done[key] = train_kept(str(profile.path), key, progress=not bar.disable)
+            done[key] = train_kept(str(profile.path), key, progress=not bar.disable, locked=False)
             _report(bar, key, done[key], reused=False)
         return done
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
-        futures = {pool.submit(train_kept, str(profile.path), key): key for key in pending}
+        futures = {pool.submit(train_kept, str(profile.path), key, False, False): key for key in pending}
         for future in as_completed(futures):
             done[futures[future]] = future.result()
             _report(bar, futures[future], done[futures[future]], reused=False)
@@ -158,8 +212,12 @@ def run_train_stage(profile: Profile, dataset: str, progress: bool = True) -> di
     fingerprints = {key: training_fingerprint(profile, key, splits) for key in keys}
     summaries: dict[RunKey, TrainSummary] = {}
     pending: list[RunKey] = []
+    locked: list[LockedOutput | None] = []  # read once, when a model is not kept
     for key in keys:
         reused = reuse_kept(layout, key, fingerprints[key])
+        if reused is None:
+            locked = locked or [_locked_models(profile, dataset)]
+            reused = reuse_locked(profile, key, fingerprints[key], locked[0])
         if reused is None:
             pending.append(key)
         else:

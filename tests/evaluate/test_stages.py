@@ -367,3 +367,34 @@ def test_unchanged_models_are_copied_back_after_dvc_removed_the_stage_outputs(tr
     shutil.rmtree(layout.stage_dataset_dir("certify", "digits"))
     again = run_stage(profile, "certify", "digits", progress=False)
     assert again.recomputed == [] and layout.stage_arrays("certify", key).read_bytes() == before
+
+
+def test_a_clone_restored_from_dvc_cache_reuses_the_locked_outputs(trained, dvc_locked, monkeypatch):
+    """A clone restored from DVC's cache has no kept copies: unchanged models come back from
+    the stage's output as dvc.lock recorded it; a changed setting still recomputes them."""
+    monkeypatch.chdir(trained.parent)  # DVC runs a stage in its wdir; lock paths are relative to it
+    profile = load_profile(trained)
+    layout = Layout.of(profile)
+    keys = [RunKey("digits", "hkr", 0), RunKey("digits", "standard", 0)]
+    run_stage(profile, "certify", "digits", progress=False)
+    before = {key: layout.stage_arrays("certify", key).read_bytes() for key in keys}
+    dvc_locked(trained.parent, "certify@digits", layout.stage_dataset_dir("certify", "digits"))
+
+    def restored_clone() -> None:  # DVC removed the output; a fresh clone has no reuse folder
+        shutil.rmtree(layout.stage_dataset_dir("certify", "digits"))
+        shutil.rmtree(layout.reuse_dir("certify", keys[0]).parents[1])
+
+    restored_clone()
+    again = run_stage(profile, "certify", "digits", progress=False)
+    assert again.recomputed == [] and all(summary.reused for summary in again.summaries.values())
+    assert {key: layout.stage_arrays("certify", key).read_bytes() for key in keys} == before
+    assert all(layout.reuse_dir("certify", key).joinpath("summary.json").is_file() for key in keys)
+
+    restored_clone()
+    original = trained.read_text()
+    try:
+        write_params(trained.parent, certify_points=100)
+        changed = run_stage(load_profile(trained), "certify", "digits", progress=False)
+    finally:
+        trained.write_text(original)
+    assert set(changed.recomputed) == {key.label for key in keys}

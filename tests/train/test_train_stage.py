@@ -49,7 +49,8 @@ def test_the_stage_trains_every_model_then_reuses_them_and_retrains_only_a_chang
     for key in KEYS:
         assert layout.weights(key).is_file() and layout.train_summary(key).is_file() and layout.train_history(key).is_file()
         assert layout.checkpoint(key).is_file() and not layout.checkpoint(key).is_relative_to(layout.models_dataset_dir("moons"))
-        assert sorted(path.name for path in layout.model_dir(key).iterdir()) == ["weights.safetensors"]
+        assert sorted(path.name for path in layout.model_dir(key).iterdir()) == ["fingerprint.txt", "weights.safetensors"]
+        assert (layout.model_dir(key) / "fingerprint.txt").read_text().strip() == training_fingerprint(profile, key)
     weights = {key: layout.weights(key).read_bytes() for key in KEYS}
     records = {key: layout.train_summary(key).read_text() for key in KEYS}
 
@@ -66,6 +67,63 @@ def test_the_stage_trains_every_model_then_reuses_them_and_retrains_only_a_chang
     assert counted_trainings == [RunKey("moons", "adv", 0), RunKey("moons", "adv", 1)]
     assert json.loads(layout.train_summary(RunKey("moons", "adv", 0)).read_text())["method_params"]["steps"] == 3
     assert layout.weights(RunKey("moons", "hkr", 1)).read_bytes() == weights[RunKey("moons", "hkr", 1)]
+
+
+def test_a_clone_restored_from_dvc_cache_reuses_the_locked_models(tiny_profile, counted_trainings, dvc_locked, monkeypatch):
+    """A clone restored from DVC's cache has no kept copies: the stage takes each unchanged
+    model from its output as dvc.lock recorded it (weights and fingerprint from the cache,
+    summary and history git-tracked), retrains a changed one, and one whose cached weights
+    are damaged."""
+    monkeypatch.chdir(tiny_profile.parent)  # DVC runs a stage in its wdir; lock paths are relative to it
+    profile = load_profile(tiny_profile)
+    layout = Layout.of(profile)
+    run_train_stage(profile, "moons", progress=False)
+    weights = {key: layout.weights(key).read_bytes() for key in KEYS}
+    records = {key: layout.train_summary(key).read_text() for key in KEYS}
+    manifest = dvc_locked(tiny_profile.parent, "train@moons", layout.models_dataset_dir("moons"))
+    damaged = RunKey("moons", "hkr", 1)
+    for entry in json.loads(manifest.read_text()):
+        if entry["relpath"] == "hkr/seed1/weights.safetensors":
+            cached = manifest.parents[1] / entry["md5"][:2] / entry["md5"][2:]
+            cached.chmod(0o644)
+            cached.write_bytes(b"damaged")
+
+    def restored_clone() -> None:  # DVC removed the output; a fresh clone has no reuse folder
+        shutil.rmtree(layout.models_dataset_dir("moons"))
+        shutil.rmtree(layout.reuse_dir("train", KEYS[0]).parents[2])
+
+    restored_clone()
+    counted_trainings.clear()
+    again = run_train_stage(profile, "moons", progress=False)
+    assert counted_trainings == [damaged]
+    assert {key: layout.weights(key).read_bytes() for key in KEYS} == weights
+    assert {key: layout.train_summary(key).read_text() for key in KEYS if key != damaged} == {
+        key: records[key] for key in KEYS if key != damaged
+    }
+    assert again[RunKey("moons", "adv", 0)].timing == json_timing(records[RunKey("moons", "adv", 0)])
+    for key in KEYS:  # kept again: the next rerun needs no cache
+        assert layout.reuse_dir("train", key).joinpath("fingerprint.txt").is_file()
+
+    other_run = RunKey("moons", "adv", 1)  # its git-tracked record describes another run (a run-cache restore)
+    record = json.loads(layout.train_summary(other_run).read_text())
+    layout.train_summary(other_run).write_text(json.dumps(record | {"method_params": {"epsilon": 0.5, "steps": 2}}))
+    restored_clone()
+    counted_trainings.clear()
+    run_train_stage(profile, "moons", progress=False)
+    assert counted_trainings == [damaged, other_run]
+    assert layout.weights(other_run).read_bytes() == weights[other_run]
+
+    restored_clone()
+    counted_trainings.clear()
+    _edit(tiny_profile, lambda params: params["train"]["moons"]["adv"].update(steps=3))
+    run_train_stage(load_profile(tiny_profile), "moons", progress=False)
+    assert counted_trainings == [damaged, RunKey("moons", "adv", 0), RunKey("moons", "adv", 1)]
+
+
+def json_timing(record: str):
+    from lipbench.summaries import TrainSummary
+
+    return TrainSummary.from_json(json.loads(record)).timing
 
 
 def test_a_model_left_out_of_the_profile_loses_its_folders(tiny_profile):
