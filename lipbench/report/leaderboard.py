@@ -12,6 +12,7 @@ superscripts in HTML (:func:`lipbench.report.labels.html_name`).
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -181,11 +182,24 @@ def _html(ranked: Mapping[str, list[Mapping[str, Any]]], profile: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def outward(value: float, upward: bool, significant: int = 5) -> float:
+    """``value`` rounded to ``significant`` digits away from what it bounds: up for an upper
+    bound, down for a lower one, so the rounded number is still a bound (never past it)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    scale = 10.0 ** (significant - 1 - math.floor(math.log10(abs(value))))
+    rounded = (math.ceil if upward else math.floor)(value * scale) / scale
+    while (rounded < value) if upward else (rounded > value):  # the division's own rounding
+        rounded = math.nextafter(rounded, math.inf if upward else -math.inf)
+    return rounded
+
+
 def scores(ranked: Mapping[str, list[Mapping[str, Any]]], seeds: int) -> dict[str, Any]:
     """The few scalars a user compares between runs (``dvc metrics show``, ``dvc exp show``):
     per dataset its headline eps and, per model, clean, certified, all-attacks and AutoAttack
-    accuracy at that eps (the same attack points), the Lipschitz bounds and the training
-    seconds. Models are named ``model`` (``model@seed<k>`` when the profile has several seeds)."""
+    accuracy at that eps (the same attack points), the Lipschitz bounds (5 significant digits,
+    rounded outward: float noise in the last digits is not a change) and the training seconds
+    (to 0.01 s). Models are named ``model`` (``model@seed<k>`` when the profile has several seeds)."""
     result: dict[str, Any] = {}
     for dataset, entries in ranked.items():
         result[dataset] = {"eps": entries[0]["eps"]}
@@ -197,9 +211,9 @@ def scores(ranked: Mapping[str, list[Mapping[str, Any]]], seeds: int) -> dict[st
                 "certified": accuracy_at(entry["certified_acc"], eps),
                 "robust": accuracy_at(entry["robust_acc"], eps),
                 "autoattack": entry["autoattack_acc"],
-                "lipschitz_upper": lipschitz["upper_whole_map"],
-                "lipschitz_lower": lipschitz["lower_whole_map"],
-                "train_seconds": entry["train_seconds"],
+                "lipschitz_upper": outward(lipschitz["upper_whole_map"], upward=True),
+                "lipschitz_lower": outward(lipschitz["lower_whole_map"], upward=False),
+                "train_seconds": round(entry["train_seconds"], 2),
             }
     return result
 

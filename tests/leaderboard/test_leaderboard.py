@@ -92,3 +92,21 @@ def test_ranking_by_certified_then_autoattack_and_failed_entries_never_above_ver
     markdown = _markdown(ranked, "quick")
     assert "| 4 | cheat (seed 0) |" in markdown and "**FAILED**" in markdown
     assert "<tr class='failed'" in _html(ranked, "quick")
+
+
+def test_scores_round_lipschitz_bounds_outward_so_they_stay_bounds():
+    import random
+
+    from lipbench.report.leaderboard import outward
+
+    assert outward(1.0000005351504606, upward=True) == 1.0001  # float noise above 1 is not a change
+    assert outward(1.0000008499051414, upward=True) == 1.0001
+    assert outward(0.9874857068061829, upward=False) == 0.98748
+    assert outward(43.393879726142295, upward=True) == 43.394 and outward(1.0, upward=True) == 1.0
+    assert outward(0.0, upward=True) == 0.0 and outward(float("inf"), upward=False) == float("inf")
+    generator = random.Random(0)
+    for _ in range(2000):
+        value = 10 ** generator.uniform(-3, 3)
+        upper, lower = outward(value, upward=True), outward(value, upward=False)
+        assert lower <= value <= upper, value
+        assert upper - lower <= 1.01e-4 * value, value  # 5 significant digits
