@@ -1,8 +1,10 @@
 """What a reviewer sees of DVC's own tables after one ``-S`` change (issue 12's targets), in a
 clone restored from this repository's DVC cache.
 
-Clones the repository's HEAD into a scratch folder, points it at this repository's DVC cache
-(run ``dvc repro`` here first, so the cache holds HEAD's outputs) and measures, in one run:
+Clones the repository's HEAD into a scratch folder with a copy of this repository's DVC cache
+(run ``dvc repro`` here first, so the cache holds HEAD's outputs; the copy's run-cache is
+dropped before the experiment, which then runs as a change made for the first time) and
+measures, in one run:
 
 - ``dvc repro`` in the clone: the stages it runs (goal: none) and ``git status`` after it;
 - ``dvc exp run -S <change>``: seconds, stages run, models recomputed and reused per stage;
@@ -36,13 +38,13 @@ from lipbench.environment import environment_record
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], columns: int | None = None) -> str:
-    """``args``' standard output (its errors raise, with the output)."""
+def _run(args: list[str], cwd: Path, env: dict[str, str], columns: int | None = None, log: bool = False) -> str:
+    """``args``' standard output, with its standard error when ``log`` (a failure raises)."""
     env = env | ({"COLUMNS": str(columns)} if columns else {})
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout + done.stderr
+    return done.stdout + done.stderr if log else done.stdout
 
 
 def _width(table: str) -> int:
@@ -50,12 +52,14 @@ def _width(table: str) -> int:
 
 
 def _clone(scratch: Path) -> tuple[Path, dict[str, str]]:
-    """A clone of HEAD using this repository's DVC cache, and the environment its stages need."""
+    """A clone of HEAD with a copy of this repository's DVC cache, and the environment its
+    stages need."""
     clone = scratch / "clone"
     env = dict(os.environ, PYTHONPATH=str(clone), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     _run(["git", "clone", "--quiet", str(ROOT), str(clone)], scratch, env)
-    cache = _run(["dvc", "cache", "dir"], ROOT, env).strip().splitlines()[-1]
-    _run(["dvc", "cache", "dir", "--local", cache], clone, env)
+    cache = Path(_run(["dvc", "cache", "dir"], ROOT, env).strip().splitlines()[-1])
+    shutil.copytree(cache, scratch / "cache")
+    _run(["dvc", "cache", "dir", "--local", str(scratch / "cache")], clone, env)
     return clone, env
 
 
@@ -65,9 +69,9 @@ def _stages(log: str) -> list[str]:
 
 def _experiment(clone: Path, env: dict[str, str], change: str) -> dict:
     started = time.perf_counter()
-    log = _run(["dvc", "exp", "run", "-n", "bench", "-S", change], clone, env)
+    log = _run(["dvc", "exp", "run", "-n", "bench", "-S", change], clone, env, log=True)
     seconds = time.perf_counter() - started
-    trained = re.findall(r"lipbench train: (\S+): test accuracy", log)
+    trained = re.findall(r"lipbench train: (\S+): test accuracy \S+ in ", log)
     computed = re.findall(r"lipbench (certify|attack|verify): (\S+) done in", log)
     return {
         "change": change,
@@ -144,13 +148,16 @@ def measure(change: str, columns: int) -> dict:
     try:
         clone, env = _clone(scratch)
         started = time.perf_counter()
-        repro = _run(["dvc", "repro"], clone, env)
+        repro = _run(["dvc", "repro"], clone, env, log=True)
         restored = {
             "seconds": round(time.perf_counter() - started, 1),
             "stages_run": _stages(repro),
             "git_status": _run(["git", "status", "--porcelain"], clone, env).splitlines(),
         }
         metrics_show_lines = len(_run(["dvc", "metrics", "show"], clone, env).splitlines())
+        # the change has never run: without the run-cache (which may hold it from an earlier
+        # run here), DVC runs the stages it changes instead of restoring them
+        shutil.rmtree(scratch / "cache" / "runs", ignore_errors=True)
         experiment = _experiment(clone, env, change)
         table = _exp_show(clone, env, columns)
         diff = json.loads(_run(["dvc", "metrics", "diff", "--json", "HEAD"], clone, env) or "{}")
