@@ -213,7 +213,7 @@ def scores(ranked: Mapping[str, list[Mapping[str, Any]]], seeds: int) -> dict[st
                 "autoattack": entry["autoattack_acc"],
                 "lipschitz_upper": outward(lipschitz["upper_whole_map"], upward=True),
                 "lipschitz_lower": outward(lipschitz["lower_whole_map"], upward=False),
-                "train_seconds": round(entry["train_seconds"], 2),
+                "train_seconds": None if entry["train_seconds"] is None else round(entry["train_seconds"], 2),  # none: external
             }
     return result
 
