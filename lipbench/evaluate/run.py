@@ -121,11 +121,13 @@ def _keep_locked(layout: Layout, stage: str, key: RunKey, run_fingerprint: str, 
         return False
     prefix = layout.stage_dir(stage, key).relative_to(output).as_posix()
     summary_file = locked.cached(f"{prefix}/summary.json")
+    if summary_file is None:
+        return False
     try:
-        summary = None if summary_file is None else read_summary(summary_file, STAGE_SUMMARIES[stage])
+        summary = read_summary(summary_file, STAGE_SUMMARIES[stage])
     except SummaryError:
         return False
-    if summary is None or summary.fingerprint != run_fingerprint:
+    if summary.fingerprint != run_fingerprint:
         return False
     return locked.copy_folder(prefix, layout.reuse_dir(stage, key))
 
@@ -173,22 +175,15 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
         for upstream in _UPSTREAM[stage]:
             if not layout.stage_summary(upstream, key).is_file():
                 raise FileNotFoundError(f"{key.label}: run the {upstream} stage first (lipbench {upstream} --dataset {dataset})")
-    summaries: dict[RunKey, StageSummary] = {}
-    pending: list[tuple[RunKey, str]] = []
-    locked: list[LockedOutput | None] = []  # read once, when a model is not kept
-    for key in keys:
-        key_fingerprint = fingerprint(profile, stage, key, settings)
-        reused = _reusable(layout, stage, key, key_fingerprint)
-        if reused is None:
-            locked = locked or [
-                locked_output(profile.path.parent / "dvc.lock", f"{stage}@{dataset}", layout.stage_dataset_dir(stage, dataset))
-            ]
-            if _keep_locked(layout, stage, key, key_fingerprint, locked[0]):
-                reused = _reusable(layout, stage, key, key_fingerprint)
-        if reused is not None:
-            summaries[key] = reused
-        else:
-            pending.append((key, key_fingerprint))
+    fingerprints = {key: fingerprint(profile, stage, key, settings) for key in keys}
+    reused = {key: _reusable(layout, stage, key, fingerprints[key]) for key in keys}
+    if None in reused.values():  # not kept here (a clone restored from DVC's cache): the lock, read once
+        locked = locked_output(profile.path.parent / "dvc.lock", f"{stage}@{dataset}", layout.stage_dataset_dir(stage, dataset))
+        for key in [key for key, summary in reused.items() if summary is None]:
+            if _keep_locked(layout, stage, key, fingerprints[key], locked):
+                reused[key] = _reusable(layout, stage, key, fingerprints[key])
+    summaries: dict[RunKey, StageSummary] = {key: summary for key, summary in reused.items() if summary is not None}
+    pending = [(key, fingerprints[key]) for key in keys if key not in summaries]
     bar = tqdm(total=len(pending), desc=f"{stage} {dataset}", unit="model", disable=tqdm_disable(progress and bool(pending)))
     summaries |= _compute(profile, stage, pending, settings.workers, bar)
     bar.close()

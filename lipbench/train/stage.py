@@ -112,8 +112,7 @@ def reuse_kept(layout: Layout, key: RunKey, fingerprint: str) -> TrainSummary | 
 
 def _locked_models(profile: Profile, dataset: str) -> LockedOutput | None:
     """The dataset's model folder as the profile's ``dvc.lock`` last recorded it."""
-    layout = Layout.of(profile)
-    output = layout.model_dir(RunKey(dataset, "x", 0)).parent.parent
+    output = Layout.of(profile).models_dataset_dir(dataset)
     return locked_output(profile.path.parent / "dvc.lock", f"train@{dataset}", output)
 
 
@@ -132,7 +131,7 @@ def reuse_locked(profile: Profile, key: RunKey, fingerprint: str, locked: Locked
     if locked is None:
         return None
     layout = Layout.of(profile)
-    prefix = layout.model_dir(key).relative_to(layout.model_dir(key).parent.parent).as_posix()
+    prefix = layout.model_dir(key).relative_to(layout.models_dataset_dir(key.dataset)).as_posix()
     marker = locked.cached(f"{prefix}/{_FINGERPRINT}")
     weights = locked.cached(f"{prefix}/{layout.weights(key).name}")
     if marker is None or weights is None or marker.read_text().strip() != fingerprint:
@@ -150,10 +149,10 @@ def reuse_locked(profile: Profile, key: RunKey, fingerprint: str, locked: Locked
     return summary
 
 
-def train_kept(profile_path: str, key: RunKey, progress: bool = False, locked: bool = True) -> TrainSummary:
+def train_kept(profile_path: str, key: RunKey, progress: bool = False, look_in_lock: bool = True) -> TrainSummary:
     """Train one model into the profile's layout and keep it for reuse (one process: a
-    worker of the stage or ``lipbench train --model M --seed S``). ``locked``: also look for
-    it in DVC's last locked output (the stage did before it handed the model to a worker)."""
+    worker of the stage or ``lipbench train --model M --seed S``). ``look_in_lock``: also look
+    for it in DVC's last locked output (the stage did before it handed the model to a worker)."""
     profile = load_profile(profile_path)
     threads = training_threads(profile)
     if threads is not None:
@@ -161,7 +160,7 @@ def train_kept(profile_path: str, key: RunKey, progress: bool = False, locked: b
     fingerprint = training_fingerprint(profile, key)
     layout = Layout.of(profile)
     summary = reuse_kept(layout, key, fingerprint)
-    if summary is None and locked:
+    if summary is None and look_in_lock:
         summary = reuse_locked(profile, key, fingerprint, _locked_models(profile, key.dataset))
     if summary is not None:
         return summary
@@ -186,12 +185,12 @@ def _train_pending(profile: Profile, pending: list[RunKey], bar: tqdm) -> dict[R
     done: dict[RunKey, TrainSummary] = {}
     if workers == 1:
         for key in pending:
-            done[key] = train_kept(str(profile.path), key, progress=not bar.disable, locked=False)
+            done[key] = train_kept(str(profile.path), key, progress=not bar.disable, look_in_lock=False)
             _report(bar, key, done[key], reused=False)
         return done
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
-        futures = {pool.submit(train_kept, str(profile.path), key, False, False): key for key in pending}
+        futures = {pool.submit(train_kept, str(profile.path), key, look_in_lock=False): key for key in pending}
         for future in as_completed(futures):
             done[futures[future]] = future.result()
             _report(bar, futures[future], done[futures[future]], reused=False)
@@ -210,18 +209,12 @@ def run_train_stage(profile: Profile, dataset: str, progress: bool = True) -> di
     splits = load_dataset(dataset, profile.path_of("data"), profile.prepare_params(dataset))
     # every run resolved (names, method parameters, recipe) before any work: a bad one raises here
     fingerprints = {key: training_fingerprint(profile, key, splits) for key in keys}
-    summaries: dict[RunKey, TrainSummary] = {}
-    pending: list[RunKey] = []
-    locked: list[LockedOutput | None] = []  # read once, when a model is not kept
-    for key in keys:
-        reused = reuse_kept(layout, key, fingerprints[key])
-        if reused is None:
-            locked = locked or [_locked_models(profile, dataset)]
-            reused = reuse_locked(profile, key, fingerprints[key], locked[0])
-        if reused is None:
-            pending.append(key)
-        else:
-            summaries[key] = reused
+    reused = {key: reuse_kept(layout, key, fingerprints[key]) for key in keys}
+    if None in reused.values():  # not kept here (a clone restored from DVC's cache): the lock, read once
+        locked = _locked_models(profile, dataset)
+        reused = {key: summary or reuse_locked(profile, key, fingerprints[key], locked) for key, summary in reused.items()}
+    summaries = {key: summary for key, summary in reused.items() if summary is not None}
+    pending = [key for key in keys if key not in summaries]
     bar = tqdm(total=len(keys), desc=f"train {dataset}", unit="model", disable=tqdm_disable(progress))
     for key in keys:
         if key in summaries:

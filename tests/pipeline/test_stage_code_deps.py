@@ -64,7 +64,7 @@ def _stages() -> dict[str, dict]:
     return {name: body.get("do", body) for name, body in stages.items()}
 
 
-def test_the_closure_follows_imports_inside_functions_and_relative_ones():
+def test_the_closure_follows_imports_inside_functions_and_through_packages():
     closure = code_closure("lipbench.cli.train")
     assert "lipbench/train/stage.py" in closure  # imported inside the command's function
     assert "lipbench/dvc_cache.py" in closure and "lipbench/data/base.py" in closure

@@ -16,6 +16,7 @@ import lipbench.train.stage as stage_module
 from lipbench.cli.main import main
 from lipbench.profiles import ProfileError, load_profile
 from lipbench.runs import Layout, RunKey, run_keys
+from lipbench.summaries import TrainSummary
 from lipbench.train.stage import run_train_stage, training_fingerprint, training_threads
 
 KEYS = [RunKey("moons", model, seed) for model in ("hkr", "adv") for seed in (0, 1)]
@@ -100,7 +101,9 @@ def test_a_clone_restored_from_dvc_cache_reuses_the_locked_models(tiny_profile, 
     assert {key: layout.train_summary(key).read_text() for key in KEYS if key != damaged} == {
         key: records[key] for key in KEYS if key != damaged
     }
-    assert again[RunKey("moons", "adv", 0)].timing == json_timing(records[RunKey("moons", "adv", 0)])
+    assert (
+        again[RunKey("moons", "adv", 0)].timing == TrainSummary.from_json(json.loads(records[RunKey("moons", "adv", 0)])).timing
+    )
     for key in KEYS:  # kept again: the next rerun needs no cache
         assert layout.reuse_dir("train", key).joinpath("fingerprint.txt").is_file()
 
@@ -118,12 +121,6 @@ def test_a_clone_restored_from_dvc_cache_reuses_the_locked_models(tiny_profile, 
     _edit(tiny_profile, lambda params: params["train"]["moons"]["adv"].update(steps=3))
     run_train_stage(load_profile(tiny_profile), "moons", progress=False)
     assert counted_trainings == [damaged, RunKey("moons", "adv", 0), RunKey("moons", "adv", 1)]
-
-
-def json_timing(record: str):
-    from lipbench.summaries import TrainSummary
-
-    return TrainSummary.from_json(json.loads(record)).timing
 
 
 def test_a_model_left_out_of_the_profile_loses_its_folders(tiny_profile):
