@@ -25,14 +25,14 @@ def run(args: argparse.Namespace) -> int:
     from lipbench.explain.run import STAGE, explain_dataset
     from lipbench.profiles import load_profile
     from lipbench.runs import Layout
-    from lipbench.summaries import write_summary
+    from lipbench.summaries import without_measurements, write_summary
 
     profile = load_profile(args.params)
     outputs = explain_dataset(profile, args.dataset)
     layout = Layout.of(profile)
     for key, summary in outputs.metrics.summaries.items():
         outputs.arrays[key].save(layout.stage_arrays(STAGE, key))
-        write_summary(layout.stage_summary(STAGE, key), summary)
+        write_summary(layout.stage_summary(STAGE, key), without_measurements(summary))  # the DVC output
         print(
             f"lipbench explain: {key.label}: deletion AUC {_number(summary.deletion_auc)}, insertion AUC "
             f"{_number(summary.insertion_auc)}, µ-fidelity {_number(summary.mu_fidelity)}, median counterfactual "

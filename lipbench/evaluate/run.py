@@ -38,7 +38,15 @@ from lipbench.io import remove_unlisted_runs, replace_folder
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
 from lipbench.runs import EVALUATION_STAGES, Layout, RunKey, run_keys
-from lipbench.summaries import STAGE_SUMMARIES, StageMetrics, StageSummary, SummaryError, read_summary, write_summary
+from lipbench.summaries import (
+    STAGE_SUMMARIES,
+    StageMetrics,
+    StageSummary,
+    SummaryError,
+    read_summary,
+    without_measurements,
+    write_summary,
+)
 from lipbench.train import config_from_profile
 
 __all__ = ["model_keys", "run_stage", "evaluate_one", "fingerprint", "VerificationFailed"]
@@ -88,7 +96,7 @@ def evaluate_one(
         seconds=time.perf_counter() - started,
         environment=environment_record(resolve_device(settings.device), key.seed),  # same device: held per process
     )
-    write_summary(layout.stage_summary(stage, key), summary)
+    write_summary(layout.stage_summary(stage, key), without_measurements(summary))  # the DVC output
     return summary
 
 
@@ -96,9 +104,21 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _reusable(layout: Layout, stage: str, key: RunKey, run_fingerprint: str) -> StageSummary | None:
+def _recorded(layout: Layout, stage: str, dataset: str) -> StageMetrics | None:
+    """The stage's git-tracked record of the dataset as the last run wrote it, if readable."""
+    try:
+        return StageMetrics.read(layout.stage_metrics(stage, dataset))
+    except (FileNotFoundError, SummaryError):
+        return None
+
+
+def _reusable(
+    layout: Layout, stage: str, key: RunKey, run_fingerprint: str, recorded: StageMetrics | None
+) -> StageSummary | None:
     """The model's last summary when its inputs are unchanged (same fingerprint), with its
-    outputs copied back into the stage's output folder; None otherwise."""
+    outputs copied back into the stage's output folder; None otherwise. Its measurements
+    (seconds, environment), which the output does not hold, come from ``recorded`` when that
+    record describes the same inputs."""
     kept = layout.reuse_dir(stage, key)
     path = kept / "summary.json"
     if not path.is_file():
@@ -110,6 +130,9 @@ def _reusable(layout: Layout, stage: str, key: RunKey, run_fingerprint: str) -> 
     if summary.fingerprint != run_fingerprint:
         return None
     replace_folder(kept, layout.stage_dir(stage, key))
+    measured = recorded.summaries.get(RunKey(key.dataset, key.model, key.seed)) if recorded and key.external is None else None
+    if measured is not None and measured.fingerprint == run_fingerprint:
+        summary = measured
     return dataclasses.replace(summary, reused=True)
 
 
@@ -176,12 +199,13 @@ def run_stage(profile: Profile, stage: str, dataset: str, progress: bool = True)
             if not layout.stage_summary(upstream, key).is_file():
                 raise FileNotFoundError(f"{key.label}: run the {upstream} stage first (lipbench {upstream} --dataset {dataset})")
     fingerprints = {key: fingerprint(profile, stage, key, settings) for key in keys}
-    reused = {key: _reusable(layout, stage, key, fingerprints[key]) for key in keys}
+    recorded = _recorded(layout, stage, dataset)
+    reused = {key: _reusable(layout, stage, key, fingerprints[key], recorded) for key in keys}
     if None in reused.values():  # not kept here (a clone restored from DVC's cache): the lock, read once
         locked = locked_output(profile.path.parent / "dvc.lock", f"{stage}@{dataset}", layout.stage_dataset_dir(stage, dataset))
         for key in [key for key, summary in reused.items() if summary is None]:
             if _keep_locked(layout, stage, key, fingerprints[key], locked):
-                reused[key] = _reusable(layout, stage, key, fingerprints[key])
+                reused[key] = _reusable(layout, stage, key, fingerprints[key], recorded)
     summaries: dict[RunKey, StageSummary] = {key: summary for key, summary in reused.items() if summary is not None}
     pending = [(key, fingerprints[key]) for key in keys if key not in summaries]
     bar = tqdm(total=len(pending), desc=f"{stage} {dataset}", unit="model", disable=tqdm_disable(progress and bool(pending)))

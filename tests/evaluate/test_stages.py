@@ -398,3 +398,31 @@ def test_a_clone_restored_from_dvc_cache_reuses_the_locked_outputs(trained, dvc_
     finally:
         trained.write_text(original)
     assert set(changed.recomputed) == {key.label for key in keys}
+
+
+def test_a_recomputed_stage_output_is_byte_identical_and_reuse_keeps_the_measurements(trained):
+    """DVC outputs hold no timing or environment (a recomputation gives the same bytes, so the
+    lock does not change); the git-tracked records keep each model's measured seconds, also
+    for models reused after DVC removed the outputs."""
+    profile = load_profile(trained)
+    layout = Layout.of(profile)
+    stages = ("certify", "attack", "verify")
+
+    def output_bytes(stage: str) -> dict[Path, bytes]:
+        folder = layout.stage_dataset_dir(stage, "digits")
+        return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    first = {stage: run_stage(profile, stage, "digits", progress=False) for stage in stages}
+    before = {stage: output_bytes(stage) for stage in stages}
+    for stage in stages:
+        shutil.rmtree(layout.stage_dataset_dir(stage, "digits"))
+        again = run_stage(profile, stage, "digits", progress=False)
+        assert again.recomputed == []
+        seconds = {key: summary.seconds for key, summary in again.summaries.items()}
+        assert seconds == {key: summary.seconds for key, summary in first[stage].summaries.items()}
+        assert all(value > 0 for value in seconds.values()) and all(s.environment for s in again.summaries.values())
+    for stage in stages:  # from scratch: no output, no kept copy
+        shutil.rmtree(layout.stage_dataset_dir(stage, "digits"))
+        shutil.rmtree(layout.reuse_dir(stage, RunKey("digits", "hkr", 0)).parents[1])
+        assert len(run_stage(profile, stage, "digits", progress=False).recomputed) == 2
+        assert output_bytes(stage) == before[stage], stage
