@@ -9,7 +9,8 @@ reads anything:
 
 * evaluation stages: each model's ``summary.json`` in the stage's output folder (restored with
   it) is the truth; a dataset record whose summaries differ from them is rewritten from them
-  (``recomputed``: none; ``seconds``: the models' summed seconds), and the report says so;
+  (``recomputed``: none; the outputs hold no measurements, so its seconds read 0 and its
+  environment records are empty), and the report says so;
 * training: the report keeps each training record it publishes in a local store keyed by the
   sha256 of its weights file (``<data>/train_records/<sha256>/``, outside DVC and git). A record
   whose method parameters or recipe disagree with the profile is replaced by the stored record
