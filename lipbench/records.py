@@ -14,7 +14,7 @@ from functools import cache
 from types import UnionType
 from typing import Any, TypeVar
 
-__all__ = ["SummaryError", "Record"]
+__all__ = ["SummaryError", "Record", "without_measurements"]
 
 S = TypeVar("S")
 
@@ -84,3 +84,17 @@ class Record:
         if not isinstance(data, Mapping):
             raise SummaryError(f"{where}: expected a JSON object, got {type(data).__name__}")
         return _decode(cls, data, where)
+
+
+#: What differs between two runs on the same inputs, and its empty value.
+_MEASUREMENTS: dict[str, Any] = {"seconds": 0.0, "environment": {}, "attack_seconds": {}}
+
+R = TypeVar("R", bound="Record")
+
+
+def without_measurements(record: R) -> R:
+    """``record`` as a stage's DVC output holds it: without what differs between two runs on
+    the same inputs (wall seconds, per-attack seconds, the environment: machine, commit), so
+    that the output's bytes follow its inputs. The git-tracked stage records keep them."""
+    names = {field.name for field in dataclasses.fields(record)}
+    return dataclasses.replace(record, **{name: type(empty)(empty) for name, empty in _MEASUREMENTS.items() if name in names})

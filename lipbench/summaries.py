@@ -12,7 +12,7 @@ torch, no numpy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -342,16 +342,6 @@ StageSummary = CertifySummary | AttackSummary | VerifySummary | ExplainSummary
 def read_summary(path: str | Path, cls: type[S]) -> S:
     """A summary file, decoded as ``cls``; missing file: FileNotFoundError naming it."""
     return cls.from_json(read_json(path), str(path))  # type: ignore[attr-defined]
-
-
-def without_measurements(summary: S) -> S:
-    """``summary`` as a stage's DVC output holds it: without what differs between two runs on
-    the same inputs (wall seconds, per-attack seconds, the environment: machine, commit), so
-    that the output's bytes follow its inputs. The git-tracked stage records keep them."""
-    volatile: dict[str, Any] = {"seconds": 0.0, "environment": {}}
-    if isinstance(summary, AttackSummary):
-        volatile["attack_seconds"] = {}
-    return replace(summary, **volatile)  # type: ignore[type-var]
 
 
 def write_summary(path: str | Path, summary: Record) -> None:

@@ -24,8 +24,9 @@ def _number(value: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from lipbench.explain.run import STAGE, explain_dataset
     from lipbench.profiles import load_profile
+    from lipbench.records import without_measurements
     from lipbench.runs import Layout
-    from lipbench.summaries import without_measurements, write_summary
+    from lipbench.summaries import write_summary
 
     profile = load_profile(args.params)
     outputs = explain_dataset(profile, args.dataset)

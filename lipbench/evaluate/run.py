@@ -37,6 +37,7 @@ from lipbench.evaluate.settings import EvaluationSettings, evaluation_settings
 from lipbench.io import remove_unlisted_runs, replace_folder
 from lipbench.profiles import Profile, load_profile
 from lipbench.progress import tqdm_disable
+from lipbench.records import without_measurements
 from lipbench.runs import EVALUATION_STAGES, Layout, RunKey, run_keys
 from lipbench.summaries import (
     STAGE_SUMMARIES,
@@ -44,7 +45,6 @@ from lipbench.summaries import (
     StageSummary,
     SummaryError,
     read_summary,
-    without_measurements,
     write_summary,
 )
 from lipbench.train import config_from_profile

@@ -20,8 +20,9 @@ from lipbench.evaluate.settings import evaluation_settings
 from lipbench.explain.run import ExplainArrays, explain_model
 from lipbench.explain.settings import explain_settings
 from lipbench.profiles import ProfileError, load_profile
+from lipbench.records import without_measurements
 from lipbench.runs import Layout, RunKey
-from lipbench.summaries import ExplainSummary, StageMetrics, read_summary, without_measurements
+from lipbench.summaries import ExplainSummary, StageMetrics, read_summary
 from lipbench.train import run_training
 
 EXPLAIN = {
